@@ -1,0 +1,504 @@
+"""HorNet (Rao et al., NeurIPS 2022): hierarchical ConvNets built from recursive gated convolutions (gnConv).
+
+The module tree and parameter names mirror the original release exactly, so its checkpoints load with
+``strict=True``; :func:`checkpoint_filter_fn` also maps mmpretrain's published files and this project's own.
+Forward passes are the same function as the original code (fp32 logits agree to ~1e-5) but use faster
+kernels: ``F.layer_norm`` on a channels-last view instead of a mean/pow chain, and (optionally) the Global
+Filter as a pair of small DFT matmuls instead of rfft2/irfft2.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from functools import partial
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from timm.layers import DropPath, trunc_normal_
+from timm.models import build_model_with_cfg, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint_seq
+
+from .weights import checkpoint_filter_fn, load_pretrained_file
+
+__all__ = ['HorNet', 'GnConv', 'GlobalLocalFilter', 'LayerNorm2d', 'checkpoint_filter_fn']
+
+_logger = logging.getLogger(__name__)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channel dim of an NCHW tensor (the original's ``data_format='channels_first'``).
+
+    The original computes mean/var with a chain of elementwise ops; the same normalisation is done here by
+    ``F.layer_norm`` on an NHWC view, which is one fused kernel and free of copies for channels_last inputs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 2, 3, 1)
+        x = F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+def _dft_mats(n: int, half: bool, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of the orthonormal forward DFT matrix (n_out x n), half-spectrum if asked."""
+    n_out = n // 2 + 1 if half else n
+    k = torch.arange(n_out, dtype=torch.float64).unsqueeze(1)
+    j = torch.arange(n, dtype=torch.float64).unsqueeze(0)
+    ang = -2.0 * math.pi * k * j / n
+    scale = 1.0 / math.sqrt(n)
+    return (torch.cos(ang) * scale).to(device, dtype), (torch.sin(ang) * scale).to(device, dtype)
+
+
+def _irdft_mats(n: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Matrices (n x n//2+1) of the orthonormal inverse real DFT (C2R) along one dim.
+
+    ``irfft`` ignores the imaginary part of the DC (and, for even n, the Nyquist) bin and counts every
+    other bin twice (Hermitian symmetry); the weights below encode exactly that.
+    """
+    n_half = n // 2 + 1
+    j = torch.arange(n, dtype=torch.float64).unsqueeze(1)
+    k = torch.arange(n_half, dtype=torch.float64).unsqueeze(0)
+    ang = 2.0 * math.pi * j * k / n
+    w = torch.full((n_half,), 2.0, dtype=torch.float64)
+    w[0] = 1.0
+    if n % 2 == 0:
+        w[-1] = 1.0
+    scale = 1.0 / math.sqrt(n)
+    re = torch.cos(ang) * w * scale
+    im = -torch.sin(ang) * w * scale
+    im[:, 0] = 0.0
+    if n % 2 == 0:
+        im[:, -1] = 0.0
+    return re.to(device, dtype), im.to(device, dtype)
+
+
+def global_filter_fft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Reference path of the original: rfft2 (ortho) * complex filter, irfft2. Always computed in fp32."""
+    h, w = x.shape[-2:]
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xf = torch.fft.rfft2(x.float(), dim=(2, 3), norm='ortho')
+        xf = xf * torch.view_as_complex(weight.float().contiguous())
+        return torch.fft.irfft2(xf, s=(h, w), dim=(2, 3), norm='ortho')
+
+
+def global_filter_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The same linear map as :func:`global_filter_fft`, written as small dense DFT matmuls.
+
+    At HorNet's sizes (14x14 / 7x7 maps) these are tiny GEMMs: they run in any dtype, compile and export to
+    ONNX, where FFTs do not. The filter is applied in the input dtype (fp32 under fp32 training).
+    """
+    h, w = x.shape[-2:]
+    dt = x.dtype
+    fh_re, fh_im = _dft_mats(h, False, x.device, dt)     # (h, h)
+    fw_re, fw_im = _dft_mats(w, True, x.device, dt)      # (w2, w)
+    gh_re, gh_im = fh_re, -fh_im                         # inverse along H = conjugate (orthonormal)
+    iw_re, iw_im = _irdft_mats(w, x.device, dt)          # (w, w2)
+    # forward along W (real input): (B,C,H,W) @ (W,w2)
+    a_re = x @ fw_re.t()
+    a_im = x @ fw_im.t()
+    # forward along H (complex): F_h @ A
+    b_re = fh_re @ a_re - fh_im @ a_im
+    b_im = fh_re @ a_im + fh_im @ a_re
+    wr, wi = weight[..., 0].to(dt), weight[..., 1].to(dt)
+    c_re = b_re * wr - b_im * wi
+    c_im = b_re * wi + b_im * wr
+    # inverse along H (complex)
+    d_re = gh_re @ c_re - gh_im @ c_im
+    d_im = gh_re @ c_im + gh_im @ c_re
+    # inverse real DFT along W: (.., H, w2) @ (w2, W)
+    return d_re @ iw_re.t() + d_im @ iw_im.t()
+
+
+def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinearly resize a (C, h, w, 2) filter to (C, size[0], size[1], 2), align_corners=True (as the original)."""
+    if tuple(weight.shape[1:3]) == tuple(size):
+        return weight
+    w = weight.permute(3, 0, 1, 2)
+    w = F.interpolate(w.float(), size=tuple(size), mode='bilinear', align_corners=True)
+    return w.permute(1, 2, 3, 0).to(weight.dtype)
+
+
+class GlobalLocalFilter(nn.Module):
+    """Global-Local Filter: half the channels through a 3x3 depthwise conv, half through a learned global filter
+    in the Fourier domain; the halves are interleaved channel by channel, with LayerNorms before and after."""
+
+    def __init__(self, dim: int, h: int = 14, w: int = 8, impl: str = 'fft'):
+        super().__init__()
+        self.dw = nn.Conv2d(dim // 2, dim // 2, kernel_size=3, padding=1, bias=False, groups=dim // 2)
+        self.complex_weight = nn.Parameter(torch.zeros(dim // 2, h, w, 2))
+        trunc_normal_(self.complex_weight, std=.02)
+        self.pre_norm = LayerNorm2d(dim, eps=1e-6)
+        self.post_norm = LayerNorm2d(dim, eps=1e-6)
+        self.impl = impl
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pre_norm(x)
+        x1, x2 = torch.chunk(x, 2, dim=1)
+        x1 = self.dw(x1)
+        b, c, h, w = x2.shape
+        weight = resize_complex_weight(self.complex_weight, (h, w // 2 + 1))
+        if self.impl == 'matmul':
+            x2 = global_filter_matmul(x2, weight)
+        else:
+            x2 = global_filter_fft(x2, weight)
+        x2 = x2.to(x1.dtype)
+        x = torch.stack((x1, x2), dim=2).reshape(b, 2 * c, h, w)
+        return self.post_norm(x)
+
+
+class GnConv(nn.Module):
+    """Recursive gated convolution of order n: p_{k+1} = pws_k(p_k) * q_{k+1}, with q's from one depthwise op."""
+
+    def __init__(
+            self,
+            dim: int,
+            order: int = 5,
+            gf_size: Optional[Tuple[int, int]] = None,
+            scale: float = 1.0,
+            kernel_size: int = 7,
+            gf_impl: str = 'fft',
+    ):
+        super().__init__()
+        self.order = order
+        self.dims = [dim // 2 ** i for i in range(order)][::-1]
+        self.proj_in = nn.Conv2d(dim, 2 * dim, 1)
+        if gf_size is None:
+            self.dwconv = nn.Conv2d(
+                sum(self.dims), sum(self.dims), kernel_size, padding=kernel_size // 2, groups=sum(self.dims))
+        else:
+            self.dwconv = GlobalLocalFilter(sum(self.dims), h=gf_size[0], w=gf_size[1], impl=gf_impl)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.pws = nn.ModuleList([nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1)])
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = self.proj_in(x)
+        pwa, abc = torch.split(fused, (self.dims[0], sum(self.dims)), dim=1)
+        dw_list = torch.split(self.dwconv(abc) * self.scale, self.dims, dim=1)
+        x = pwa * dw_list[0]
+        for i, pw in enumerate(self.pws):
+            x = pw(x) * dw_list[i + 1]
+        return self.proj_out(x)
+
+
+class HorBlock(nn.Module):
+    """Pre-norm gnConv and pre-norm MLP (4x, GELU), each with layer scale and stochastic depth."""
+
+    def __init__(
+            self,
+            dim: int,
+            order: int,
+            gf_size: Optional[Tuple[int, int]] = None,
+            scale: float = 1 / 3,
+            drop_path: float = 0.,
+            layer_scale_init_value: float = 1e-6,
+            mlp_ratio: float = 4.,
+            gf_impl: str = 'fft',
+    ):
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim, eps=1e-6)
+        self.gnconv = GnConv(dim, order=order, gf_size=gf_size, scale=scale, gf_impl=gf_impl)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(int(mlp_ratio * dim), dim)
+        if layer_scale_init_value > 0:
+            self.gamma1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+            self.gamma2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        else:
+            self.gamma1 = self.gamma2 = None
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.gnconv(self.norm1(x))
+        if self.gamma1 is not None:
+            y = y * self.gamma1.view(-1, 1, 1)
+        x = x + self.drop_path(y)
+        y = x.permute(0, 2, 3, 1)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm2(y))))
+        if self.gamma2 is not None:
+            y = y * self.gamma2
+        return x + self.drop_path(y.permute(0, 3, 1, 2))
+
+
+class HorNet(nn.Module):
+    """Hierarchical HorNet. Constructor arguments are plain data so a variant is a small dict of numbers.
+
+    Args:
+        depths: blocks per stage.
+        base_dim: channels of stage 1; stages use [C, 2C, 4C, 8C].
+        orders: gnConv order per stage (2, 3, 4, 5 in the paper).
+        gf_sizes: per stage, None for a 7x7 depthwise conv or (h, w) of the Global Filter's learned spectrum.
+        gnconv_scale: output scale s of the depthwise branch (1/3 in all released models).
+        gf_impl: 'fft' (reference, fp32) or 'matmul' (DFT as dense matmuls; any dtype, compile/ONNX friendly).
+    """
+
+    def __init__(
+            self,
+            in_chans: int = 3,
+            num_classes: int = 1000,
+            depths: Sequence[int] = (2, 3, 18, 2),
+            base_dim: int = 64,
+            orders: Sequence[int] = (2, 3, 4, 5),
+            gf_sizes: Sequence[Optional[Tuple[int, int]]] = (None, None, None, None),
+            gnconv_scale: float = 1 / 3,
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            layer_scale_init_value: float = 1e-6,
+            head_init_scale: float = 1.,
+            global_pool: str = 'avg',
+            gf_impl: str = 'fft',
+    ):
+        super().__init__()
+        if global_pool not in ('avg', ''):
+            raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r})")
+        self.num_classes = num_classes
+        self.global_pool = global_pool
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+        dims = [base_dim * 2 ** i for i in range(4)]
+        self.num_features = self.head_hidden_size = dims[-1]
+
+        self.downsample_layers = nn.ModuleList()
+        self.downsample_layers.append(nn.Sequential(
+            nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4),
+            LayerNorm2d(dims[0], eps=1e-6),
+        ))
+        for i in range(3):
+            self.downsample_layers.append(nn.Sequential(
+                LayerNorm2d(dims[i], eps=1e-6),
+                nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2),
+            ))
+
+        dp_rates = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        cur = 0
+        for i in range(4):
+            gf = tuple(gf_sizes[i]) if gf_sizes[i] is not None else None
+            self.stages.append(nn.Sequential(*[
+                HorBlock(
+                    dims[i], order=orders[i], gf_size=gf, scale=gnconv_scale, drop_path=dp_rates[cur + j],
+                    layer_scale_init_value=layer_scale_init_value, gf_impl=gf_impl)
+                for j in range(depths[i])
+            ]))
+            cur += depths[i]
+            self.feature_info.append(dict(num_chs=dims[i], reduction=4 * 2 ** i, module=f'stages.{i}'))
+
+        self.norm = nn.LayerNorm(dims[-1], eps=1e-6)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+        self.apply(self._init_weights)
+        if isinstance(self.head, nn.Linear):
+            self.head.weight.data.mul_(head_init_scale)
+            self.head.bias.data.mul_(head_init_scale)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            trunc_normal_(m.weight, std=.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def set_gf_impl(self, impl: str) -> None:
+        """Switch every Global Filter between 'fft' and 'matmul' (same function, see module docstring)."""
+        if impl not in ('fft', 'matmul'):
+            raise ValueError(f"gf_impl must be 'fft' or 'matmul' (got {impl!r})")
+        for m in self.modules():
+            if isinstance(m, GlobalLocalFilter):
+                m.impl = impl
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        return dict(
+            stem=r'^downsample_layers\.0',
+            blocks=r'^stages\.(\d+)' if coarse else [
+                (r'^downsample_layers\.(\d+)', (0,)),  # a downsample goes with the stage it feeds
+                (r'^stages\.(\d+)\.(\d+)', None),
+                (r'^norm', (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ('avg', ''):
+                raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r})")
+            self.global_pool = global_pool
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample_layers[i](x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(self.stages[i], x)
+        return self.stages[i](x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Stage outputs (strides 4/8/16/32) for dense tasks; what ``features_only=True`` returns."""
+        if output_fmt != 'NCHW':
+            raise ValueError("HorNet returns intermediates in 'NCHW' only")
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        last = max_index if stop_early else len(self.stages) - 1
+        for i in range(last + 1):
+            x = self._run_stage(i, x)
+            if i in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return x, intermediates
+
+    def prune_intermediate_layers(
+            self, indices: Union[int, List[int]] = 1, prune_norm: bool = False, prune_head: bool = True,
+    ) -> List[int]:
+        take_indices, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        self.downsample_layers = self.downsample_layers[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        for i in range(len(self.stages)):
+            x = self._run_stage(i, x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if self.global_pool == 'avg':
+            x = x.mean((-2, -1))
+            x = self.norm(x)
+        else:  # unpooled: normalise every position, keep NCHW
+            x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        x = self.head_drop(x)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @torch.jit.ignore
+    def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
+        """timm's ``custom_load`` hook: any supported checkpoint format, loaded safely and strictly."""
+        load_pretrained_file(self, checkpoint_path)
+
+
+def _cfg(**kwargs) -> Dict[str, Any]:
+    return {
+        'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
+        'mean': (0.485, 0.456, 0.406), 'std': (0.229, 0.224, 0.225),
+        'first_conv': 'downsample_layers.0.0', 'classifier': 'head', 'license': 'mit',
+        'paper_ids': 'arXiv:2207.14284', 'paper_name': 'HorNet: Efficient High-Order Spatial Interactions '
+        'with Recursive Gated Convolutions', 'origin_url': 'https://github.com/raoyongming/HorNet',
+        'custom_load': True,
+        **kwargs,
+    }
+
+
+default_cfgs = {
+    'hornet_tiny_7x7.in1k': _cfg(),
+    'hornet_tiny_gf.in1k': _cfg(),
+    'hornet_small_7x7.in1k': _cfg(),
+    'hornet_small_gf.in1k': _cfg(),
+    'hornet_base_7x7.in1k': _cfg(),
+    'hornet_base_gf.in1k': _cfg(),
+    'hornet_base_gf_img384.in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    'hornet_large_7x7.in22k_ft_in1k': _cfg(),
+    'hornet_large_gf.in22k_ft_in1k': _cfg(),
+    'hornet_large_gf_img384.in22k_ft_in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+}
+
+try:  # timm >= 0.9 keeps cfgs per tag; older versions take the plain dict
+    from timm.models import generate_default_cfgs
+    default_cfgs = generate_default_cfgs(default_cfgs)
+except ImportError:  # pragma: no cover
+    pass
+
+
+def _create_hornet(variant: str, pretrained: bool = False, **kwargs) -> HorNet:
+    return build_model_with_cfg(
+        HorNet, variant, pretrained,
+        pretrained_filter_fn=checkpoint_filter_fn,
+        feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
+        **kwargs,
+    )
+
+
+GF_224 = (None, None, (14, 8), (7, 4))
+GF_384 = (None, None, (24, 13), (12, 7))
+
+
+def _variant(base_dim: int, gf: Optional[Sequence] = None) -> Dict[str, Any]:
+    return dict(depths=(2, 3, 18, 2), base_dim=base_dim, gf_sizes=gf or (None,) * 4)
+
+
+@register_model
+def hornet_tiny_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_tiny_7x7', pretrained, **dict(_variant(64), **kwargs))
+
+
+@register_model
+def hornet_tiny_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_tiny_gf', pretrained, **dict(_variant(64, GF_224), **kwargs))
+
+
+@register_model
+def hornet_small_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_small_7x7', pretrained, **dict(_variant(96), **kwargs))
+
+
+@register_model
+def hornet_small_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_small_gf', pretrained, **dict(_variant(96, GF_224), **kwargs))
+
+
+@register_model
+def hornet_base_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_base_7x7', pretrained, **dict(_variant(128), **kwargs))
+
+
+@register_model
+def hornet_base_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_base_gf', pretrained, **dict(_variant(128, GF_224), **kwargs))
+
+
+@register_model
+def hornet_base_gf_img384(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_base_gf_img384', pretrained, **dict(_variant(128, GF_384), **kwargs))
+
+
+@register_model
+def hornet_large_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_large_7x7', pretrained, **dict(_variant(192), **kwargs))
+
+
+@register_model
+def hornet_large_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_large_gf', pretrained, **dict(_variant(192, GF_224), **kwargs))
+
+
+@register_model
+def hornet_large_gf_img384(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_large_gf_img384', pretrained, **dict(_variant(192, GF_384), **kwargs))

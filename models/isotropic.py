@@ -1,0 +1,1 @@
+from .hornet import HorNet as HorNetIsotropic
