@@ -1,0 +1,419 @@
+"""All checkpoint I/O of training: atomic saves, RNG state, resume discovery, pruning, loading old formats.
+
+File names in ``output_dir`` follow the original release: ``checkpoint-<epoch>.pth`` at the end of an epoch,
+``checkpoint-best.pth`` / ``checkpoint-best-ema.pth``; ``checkpoint-preempt.pth`` is added for a mid-epoch
+save on a signal. Writes go to a hidden ``.tmp-*`` file that is renamed into place, so a crash or a full disk
+never leaves a partial file under a real name. Everything written loads with ``torch.load(weights_only=True)``
+(args are a plain dict, RNG states are lists and tensors); everything read goes through
+``models.weights.safe_load``, so a checkpoint can never run code.
+
+A training checkpoint is a dict with (see :func:`save_training_checkpoint`): model, optimizer, epoch, scaler,
+model_ema, args, global_step, step_in_epoch, epoch_complete, ema_updates, max_accuracy, max_accuracy_ema, rng,
+version.
+"""
+from __future__ import annotations
+
+import argparse
+import enum
+import logging
+import os
+import random
+import re
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from errors import UserError
+from models.weights import CheckpointError, extract_state_dict, safe_load
+
+__all__ = ['CHECKPOINT_VERSION', 'PREEMPT_NAME', 'BEST_NAME', 'BEST_EMA_NAME', 'epoch_checkpoint_name',
+           'checkpoint_file_name', 'save_atomic', 'rng_state', 'set_rng_state', 'is_finite_state',
+           'save_training_checkpoint', 'find_resume_checkpoint', 'prune_checkpoints', 'load_training_checkpoint']
+
+_logger = logging.getLogger(__name__)
+
+CHECKPOINT_VERSION = 1  # 0 is what load_training_checkpoint reports for the original release's files
+PREEMPT_NAME = 'checkpoint-preempt.pth'
+BEST_NAME = 'checkpoint-best.pth'
+BEST_EMA_NAME = 'checkpoint-best-ema.pth'
+TMP_PREFIX = '.tmp-'  # hidden and never matching checkpoint-*.pth, so no glob or resume scan picks it up
+_EPOCH_RE = re.compile(r'^checkpoint-(\d+)\.pth$')
+_REQUIRED = ('model', 'optimizer', 'epoch', 'args', 'global_step', 'step_in_epoch', 'epoch_complete')
+
+PathLike = Union[str, os.PathLike]
+
+
+def epoch_checkpoint_name(epoch: int) -> str:
+    """File name of the end-of-epoch checkpoint (the original's ``checkpoint-<epoch>.pth``)."""
+    return f'checkpoint-{int(epoch)}.pth'
+
+
+def checkpoint_file_name(name: Union[str, int]) -> str:
+    """``'3'``/``3`` -> ``checkpoint-3.pth``, ``'preempt'`` -> ``checkpoint-preempt.pth``; full names pass."""
+    name = str(name)
+    if not name.endswith('.pth'):
+        name = f'checkpoint-{name}.pth'
+    if os.sep in name or (os.altsep and os.altsep in name) or name.startswith('.'):
+        raise ValueError(f"checkpoint name must be a plain file name, got {name!r}")
+    return name
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+def _weights_only_problem(obj: Any, where: str = 'checkpoint') -> Optional[str]:
+    """Where ``obj`` holds something ``torch.load(weights_only=True)`` would refuse, or None if all is plain."""
+    if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes, torch.dtype, torch.device)):
+        return None
+    if type(obj) in (torch.Tensor, torch.nn.Parameter):
+        return None
+    if isinstance(obj, torch.Size):
+        return None
+    if type(obj) in (dict, OrderedDict, list, tuple, set):  # not defaultdict & co: their class is a global
+        items = obj.items() if isinstance(obj, Mapping) else enumerate(obj)
+        for k, v in items:
+            bad = _weights_only_problem(k, f'{where} key') if isinstance(obj, Mapping) else None
+            bad = bad or _weights_only_problem(v, f'{where}[{k!r}]')
+            if bad:
+                return bad
+        return None
+    return f'{where} is a {type(obj).__module__}.{type(obj).__qualname__}'
+
+
+class _ErrorRecordingWriter:
+    """File wrapper that remembers the OSError of a failed write; torch.save reports it as a RuntimeError."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _os_reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename durable; some file systems cannot fsync a directory, which is not worth failing for.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        _logger.debug('fsync of directory %s failed: %s', directory, e)
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj: Any, path: PathLike) -> None:
+    """``torch.save`` ``obj`` to ``path`` so that the final name holds either the old file or the complete new one.
+
+    Writes a hidden ``.tmp-`` file in the same directory, fsyncs it, renames it over ``path`` and fsyncs the
+    directory. An OSError (disk full, permissions, quota) becomes a one-line :class:`UserError`; any failure
+    removes the temp file and leaves the previous ``path`` untouched. ``obj`` must hold only what
+    ``torch.load(weights_only=True)`` accepts (else TypeError, before anything is written).
+    """
+    path = Path(path)
+    bad = _weights_only_problem(obj)
+    if bad:
+        raise TypeError(f"refusing to save {path}: {bad}, which torch.load(weights_only=True) cannot read "
+                        f"(store plain dicts, lists, numbers, strings and tensors)")
+    directory = path.parent
+    tmp: Optional[str] = None
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{path.name}-', dir=directory)
+        with os.fdopen(fd, 'wb') as f:
+            writer = _ErrorRecordingWriter(f)
+            try:
+                torch.save(obj, writer)
+            except RuntimeError as e:
+                if writer.error is not None:  # the real cause (ENOSPC, EFBIG, EIO...) hides behind torch's error
+                    raise writer.error from e
+                raise
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_dir(directory)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint {path}: {_os_reason(e)} (free disk space or fix the permissions "
+                        f"of {directory}; the previous file, if any, is unchanged)") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def _to_plain(obj: Any) -> Any:
+    """Turn argparse args (Paths, enums, numpy values...) into plain data that weights_only loading accepts."""
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_plain(v) for v in obj) if type(obj) in (list, tuple) else [_to_plain(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((_to_plain(v) for v in obj), key=repr)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, enum.Enum):
+        return _to_plain(obj.value)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (torch.dtype, torch.device)):
+        return str(obj)
+    return str(obj)
+
+
+def rng_state() -> Dict[str, Any]:
+    """Python, numpy (legacy global) and torch CPU/CUDA generator states, as weights_only-loadable data.
+
+    CUDA states (all devices) are included when CUDA is initialised in this process: a process that never
+    touched CUDA has consumed no CUDA randomness, and asking would create a CUDA context for nothing.
+    States are per process; in distributed training each rank holds its own.
+    """
+    version, internal, gauss_next = random.getstate()
+    bit_gen, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: Dict[str, Any] = {
+        'python': {'version': version, 'internal': list(internal), 'gauss_next': gauss_next},
+        'numpy': {'bit_generator': str(bit_gen), 'keys': [int(k) for k in keys], 'pos': int(pos),
+                  'has_gauss': int(has_gauss), 'cached_gaussian': float(cached)},
+        'torch': torch.get_rng_state(),
+        'cuda': None,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state['cuda'] = list(torch.cuda.get_rng_state_all())
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured so the next random draws continue the saved sequence."""
+    py = state.get('python')
+    if py is not None:
+        random.setstate((py['version'], tuple(py['internal']), py['gauss_next']))
+    npst = state.get('numpy')
+    if npst is not None:
+        np.random.set_state((npst['bit_generator'], np.asarray(npst['keys'], dtype=np.uint32), npst['pos'],
+                             npst['has_gauss'], npst['cached_gaussian']))
+    if state.get('torch') is not None:
+        torch.set_rng_state(state['torch'].cpu())
+    cuda = state.get('cuda')
+    if cuda:
+        if not torch.cuda.is_available():
+            _logger.info('Checkpoint has CUDA RNG states but CUDA is not available; leaving them unused')
+            return
+        n = torch.cuda.device_count()
+        if n != len(cuda):
+            _logger.warning('Checkpoint has CUDA RNG states for %d devices, this machine has %d; restoring %d',
+                            len(cuda), n, min(n, len(cuda)))
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda[:n]])
+
+
+def is_finite_state(state_dict: Mapping[str, Any]) -> bool:
+    """True if every floating/complex tensor in ``state_dict`` (nested mappings included) is free of NaN/Inf.
+
+    Checked before saving so that a diverged model never replaces a good checkpoint. One host sync per device.
+    """
+    per_device: Dict[torch.device, List[torch.Tensor]] = {}
+
+    def collect(obj: Any) -> None:
+        if isinstance(obj, torch.Tensor):
+            if obj.is_floating_point() or obj.is_complex():
+                per_device.setdefault(obj.device, []).append(torch.isfinite(obj.detach()).all())
+        elif isinstance(obj, Mapping):
+            for v in obj.values():
+                collect(v)
+
+    collect(state_dict)
+    return all(bool(torch.stack(flags).all()) for flags in per_device.values())
+
+
+def save_training_checkpoint(output_dir: PathLike, name: Union[str, int], state: Mapping[str, Any]) -> Path:
+    """Atomically save a training checkpoint as ``output_dir/checkpoint-<name>.pth`` and return its path.
+
+    ``name`` is an epoch number, 'preempt', 'best', 'best-ema' or a full file name. ``state`` must contain
+    model (state dict), optimizer (state dict), epoch, args (Namespace or dict), global_step (optimizer steps
+    done), step_in_epoch (0 when the epoch completed) and epoch_complete; scaler, model_ema, ema_updates,
+    max_accuracy(_ema) default to None/0, rng to :func:`rng_state` now, and version is set. A model (or EMA)
+    with NaN/Inf is refused with a UserError so that the last good checkpoint survives.
+    """
+    path = Path(output_dir) / checkpoint_file_name(name)
+    missing = [k for k in _REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"training checkpoint state lacks {missing}")
+    if state['epoch_complete'] and state['step_in_epoch'] != 0:
+        raise ValueError(f"step_in_epoch must be 0 for a completed epoch (got {state['step_in_epoch']})")
+    for key in ('model', 'model_ema'):
+        sd = state.get(key)
+        if sd is not None and not isinstance(sd, Mapping):
+            raise TypeError(f"state[{key!r}] must be a state dict, got {type(sd).__name__}")
+        if sd is not None and not is_finite_state(sd):
+            raise UserError(f"refusing to save {path}: the {key.replace('_', ' ')} weights contain NaN/Inf "
+                            f"(training diverged; resume from the last checkpoint with a lower --lr or --clip_grad)")
+    out = dict(state)
+    out['args'] = _to_plain(state['args']) if state['args'] is not None else {}
+    for key, default in (('scaler', None), ('model_ema', None), ('ema_updates', None), ('max_accuracy', 0.),
+                         ('max_accuracy_ema', 0.)):
+        out.setdefault(key, default)
+    if out.get('rng') is None:
+        out['rng'] = rng_state()
+    out['version'] = CHECKPOINT_VERSION
+    save_atomic(out, path)
+    _logger.info('Saved %s (epoch %s, global step %s)', path, out['epoch'], out['global_step'])
+    return path
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+def _peek(path: Path) -> Optional[Dict[str, Any]]:
+    """Load a checkpoint's small fields without reading tensor data (mmap); None (and a warning) if unusable."""
+    try:
+        try:
+            with torch.serialization.safe_globals([argparse.Namespace]):
+                ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+        except RuntimeError as e:
+            if 'mmap' not in str(e):  # legacy (non-zip) files cannot be mmapped: read them normally
+                raise
+            ck = safe_load(str(path))
+    except Exception as e:  # any unreadable file is skipped, never fatal: a newer or older one may do
+        msg = ' '.join(str(e).split())[:200]
+        _logger.warning('Skipping checkpoint %s: cannot read it (%s: %s)', path, type(e).__name__, msg)
+        return None
+    if not isinstance(ck, Mapping) or 'model' not in ck or 'optimizer' not in ck or 'epoch' not in ck:
+        _logger.warning('Skipping checkpoint %s: not a training checkpoint (no model/optimizer/epoch)', path)
+        return None
+    return {'epoch': ck.get('epoch'), 'global_step': ck.get('global_step'), 'version': ck.get('version', 0)}
+
+
+def _epoch_files(output_dir: Path) -> List[Tuple[int, Path]]:
+    try:
+        names = os.listdir(output_dir)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = [(int(m.group(1)), output_dir / n) for n in names if (m := _EPOCH_RE.match(n))]
+    return sorted(found)
+
+
+def find_resume_checkpoint(output_dir: PathLike) -> Optional[Path]:
+    """The checkpoint to auto-resume from: the readable ``checkpoint-<N>.pth`` / ``checkpoint-preempt.pth``
+    with the largest stored ``global_step`` (an epoch file wins a tie), or None if there is none.
+
+    Files that fail to load are skipped with a warning naming them; temp files never match. Original-release
+    files (no global_step) rank below every file that has one, and among themselves by epoch number.
+    """
+    output_dir = Path(output_dir)
+    candidates = [(n, p, True) for n, p in _epoch_files(output_dir)]
+    preempt = output_dir / PREEMPT_NAME
+    if preempt.is_file():
+        candidates.append((-1, preempt, False))
+    best_key, best_path = None, None
+    for number, path, is_epoch_file in candidates:
+        info = _peek(path)
+        if info is None:
+            continue
+        step = info['global_step']
+        key = (step is not None, step if step is not None else number, is_epoch_file, number)
+        if best_key is None or key > best_key:
+            best_key, best_path = key, path
+    if best_path is not None:
+        _logger.info('Resume candidate: %s', best_path)
+    return best_path
+
+
+def prune_checkpoints(output_dir: PathLike, keep: int, keep_every: int = 0) -> List[Path]:
+    """Delete all but the newest ``keep`` ``checkpoint-<N>.pth`` files (by N), as ``--save_ckpt_num`` does.
+
+    ``keep <= 0`` keeps every epoch file (the original would delete the file it just wrote). With
+    ``keep_every > 0``, epochs that are positive multiples of it are kept too (the HorNet release keeps every
+    50th). best/best-ema are never touched; ``checkpoint-preempt.pth`` is deleted once an epoch file has
+    reached its global_step (it can no longer be chosen for resuming). Returns the deleted paths.
+    """
+    output_dir = Path(output_dir)
+    epoch_files = _epoch_files(output_dir)
+    doomed: List[Path] = []
+    if keep > 0:
+        for number, path in epoch_files[:-keep]:
+            if keep_every > 0 and number > 0 and number % keep_every == 0:
+                continue
+            doomed.append(path)
+    preempt = output_dir / PREEMPT_NAME
+    if preempt.is_file() and epoch_files:
+        newest = _peek(epoch_files[-1][1])
+        old = _peek(preempt)
+        if newest and old and newest['global_step'] is not None and old['global_step'] is not None \
+                and old['global_step'] <= newest['global_step']:
+            doomed.append(preempt)
+    deleted = []
+    for path in doomed:
+        try:
+            path.unlink()
+            deleted.append(path)
+            _logger.info('Removed old checkpoint %s', path)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            _logger.warning('Could not remove old checkpoint %s: %s', path, _os_reason(e))
+    return deleted
+
+
+def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a checkpoint safely (no code runs) and return it in this project's training-checkpoint shape.
+
+    * This project's files come back as saved (args a dict), after a version check.
+    * Original-release training files (``args`` an ``argparse.Namespace``, no ``global_step``) get args as a
+      dict and defaults meaning "resume at the start of epoch + 1": version 0, global_step None (the step
+      count is not stored and the caller must derive it from epoch+1 and its steps per epoch),
+      step_in_epoch 0, epoch_complete True, ema_updates None, max_accuracy(_ema) 0.0 (the original also
+      restarts them at 0), rng None (reseed), scaler/model_ema None if absent. Their non-numeric epochs map
+      as 'start' -> -1 (nothing trained yet) and 'best'/'best-ema' -> None (not resumable; weights only).
+    * A file without 'optimizer' is treated as bare weights and returns ``{'model': state_dict}`` only.
+    """
+    path = str(path)
+    raw = safe_load(path)
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict or state dict")
+    if 'optimizer' not in raw:
+        return {'model': extract_state_dict(raw, path=path)}
+
+    ck = dict(raw)
+    version = ck.get('version', 0)
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path} was written by a newer version of this code (checkpoint version {version}, "
+                              f"this code reads <= {CHECKPOINT_VERSION}); update the code")
+    if not isinstance(ck.get('model'), Mapping):
+        raise CheckpointError(f"{path} has an optimizer but no model state dict under 'model' (wrong file?)")
+    ck['args'] = _to_plain(ck['args']) if ck.get('args') is not None else {}
+    epoch = ck.get('epoch')
+    if isinstance(epoch, str):
+        epoch = -1 if epoch == 'start' else None
+    ck['epoch'] = epoch
+    ck['version'] = version
+    for key, default in (('global_step', None), ('step_in_epoch', 0), ('epoch_complete', True), ('scaler', None),
+                         ('model_ema', None), ('ema_updates', None), ('max_accuracy', 0.), ('max_accuracy_ema', 0.),
+                         ('rng', None)):
+        ck.setdefault(key, default)
+    return ck
