@@ -143,9 +143,9 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
         # Each group carries its own weight_decay; the optimizer-level default only matters for no group.
         return timm.optim.create_optimizer_v2(groups, opt=opt.lower(), lr=lr, weight_decay=0., momentum=momentum,
                                               **kwargs)
-    except ImportError as e:
-        raise UserError(f"optimizer {opt!r} needs a package that is not installed ({e}); install it or choose "
-                        f"another --opt") from None
+    except (ImportError, AssertionError) as e:  # timm asserts CUDA for apex/bitsandbytes optimizers
+        raise UserError(f"optimizer {opt!r} cannot be used here ({e or type(e).__name__}); install what it needs "
+                        f"(apex, bitsandbytes, CUDA) or choose another --opt") from None
 
 
 def cosine_schedule(base_value: float, final_value: float, epochs: int, steps_per_epoch: int,
