@@ -274,7 +274,7 @@ class HorNet(nn.Module):
                 nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2),
             ))
 
-        dp_rates = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths))]
+        dp_rates = [x.item() for x in torch.linspace(0, drop_path_rate, sum(depths), device='cpu')]
         self.stages = nn.ModuleList()
         self.feature_info = []
         cur = 0
