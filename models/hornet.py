@@ -428,6 +428,8 @@ default_cfgs = {
     'hornet_large_7x7.in22k_ft_in1k': _cfg(),
     'hornet_large_gf.in22k_ft_in1k': _cfg(),
     'hornet_large_gf_img384.in22k_ft_in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    'hornet_micro_7x7': _cfg(),
+    'hornet_micro_gf': _cfg(),
 }
 
 try:  # timm >= 0.9 keeps cfgs per tag; older versions take the plain dict
@@ -502,3 +504,16 @@ def hornet_large_gf(pretrained: bool = False, **kwargs) -> HorNet:
 @register_model
 def hornet_large_gf_img384(pretrained: bool = False, **kwargs) -> HorNet:
     return _create_hornet('hornet_large_gf_img384', pretrained, **dict(_variant(192, GF_384), **kwargs))
+
+
+# Not in the paper: a HorNet small enough to train on a laptop CPU in minutes (quick-start job, smoke tests).
+# Same blocks, orders and s as the released models; depths (1, 1, 3, 1), base width 16.
+@register_model
+def hornet_micro_7x7(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_micro_7x7', pretrained, **dict(dict(depths=(1, 1, 3, 1), base_dim=16), **kwargs))
+
+
+@register_model
+def hornet_micro_gf(pretrained: bool = False, **kwargs) -> HorNet:
+    return _create_hornet('hornet_micro_gf', pretrained,
+                          **dict(dict(depths=(1, 1, 3, 1), base_dim=16, gf_sizes=GF_224), **kwargs))

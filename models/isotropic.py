@@ -41,6 +41,7 @@ class HorNetIsotropic(nn.Module):
             drop_rate: float = 0.,
             drop_path_rate: float = 0.,
             layer_scale_init_value: float = 1e-6,
+            head_init_scale: float = 1.,
             global_pool: str = 'avg',
             gf_impl: str = 'fft',
     ):
@@ -64,6 +65,9 @@ class HorNetIsotropic(nn.Module):
         self.head_drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        if isinstance(self.head, nn.Linear):
+            self.head.weight.data.mul_(head_init_scale)
+            self.head.bias.data.mul_(head_init_scale)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:

@@ -1,0 +1,181 @@
+"""Training and evaluation loops.
+
+One optimizer-step path for fp32/fp16/bf16: the GradScaler is enabled only for fp16, and clipping runs once per
+optimizer step after unscaling in every precision. Schedules (LR, WD) and EMA advance per optimizer step, as
+functions of the global step, so gradient accumulation and resumption cannot shift them.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Optional
+
+import torch
+import torch.nn as nn
+
+import utils
+from errors import UserError
+from optim_factory import apply_schedules
+
+_logger = logging.getLogger('hornet')
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a stop signal once the current step's checkpoint is safely written."""
+
+
+class NonFiniteLoss(UserError):
+    """The loss became NaN/Inf: training stops and no checkpoint is written from the bad state."""
+
+
+@dataclass
+class TrainState:
+    """Counters that must survive a resume to continue exactly where training stopped."""
+    epoch: int = 0
+    global_step: int = 0        # optimizer steps done since the start of training
+    step_in_epoch: int = 0      # optimizer steps done in ``epoch``
+    ema_updates: int = 0
+    max_accuracy: float = 0.0
+    max_accuracy_ema: float = 0.0
+
+
+@dataclass
+class StepConfig:
+    """Typed, validated settings of one optimizer step (built once in main.py)."""
+    update_freq: int = 1
+    clip_grad: Optional[float] = None
+    amp_dtype: Optional[torch.dtype] = None   # None: fp32
+    channels_last: bool = False
+    print_freq: int = 10
+    batch_size: int = 1
+    steps_per_epoch: int = 1
+    lr_fn: Optional[Callable[[int], float]] = None
+    wd_fn: Optional[Callable[[int], float]] = None
+
+
+def autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_one_epoch(
+        model: nn.Module,
+        criterion: nn.Module,
+        loader: Iterable,
+        num_batches: int,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        state: TrainState,
+        cfg: StepConfig,
+        model_ema: Optional[Any] = None,
+        mixup_fn: Optional[Callable] = None,
+        save_fn: Optional[Callable[[str], None]] = None,
+        on_step: Optional[Callable[[TrainState], None]] = None,
+) -> Dict[str, float]:
+    """Run the rest of ``state.epoch`` (``num_batches`` micro-batches remain). Returns epoch averages.
+
+    ``save_fn('preempt')`` is called when a stop signal was seen by any rank, after the step it interrupted.
+    """
+    ds = utils.dist_state()
+    device = ds.device
+    model.train()
+    metric_logger = utils.MetricLogger()
+    header = f'Epoch: [{state.epoch}]'
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    local_bad = 0.0
+    micro = 0
+    for samples, targets in metric_logger.log_every(loader, cfg.print_freq, header, num_batches, cfg.batch_size):
+        if micro % cfg.update_freq == 0 and cfg.lr_fn is not None:
+            apply_schedules(optimizer, state.global_step, cfg.lr_fn, cfg.wd_fn)
+        boundary = (micro + 1) % cfg.update_freq == 0  # main.py makes num_batches a multiple of update_freq
+        samples = samples.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        if mixup_fn is not None:
+            samples, targets = mixup_fn(samples, targets)
+        if cfg.channels_last:
+            samples = samples.contiguous(memory_format=torch.channels_last)
+        sync_ctx = model.no_sync() if (ds.distributed and not boundary and hasattr(model, 'no_sync')) \
+            else contextlib.nullcontext()
+        with sync_ctx:
+            with autocast(device, cfg.amp_dtype):
+                output = model(samples)
+                loss = criterion(output, targets)
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                local_bad = 1.0
+            scaler.scale(loss / cfg.update_freq).backward()
+        micro += 1
+        if not boundary:
+            metric_logger.update(loss=loss_value)
+            continue
+
+        # One collective per optimizer step: did any rank see a non-finite loss, or a stop signal?
+        bad_rank, stop = utils.all_reduce_max([(ds.rank + 1) * local_bad, 1.0 if utils.STOP.requested else 0.0])
+        if bad_rank > 0:
+            optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(
+                f"loss is {loss_value if local_bad else 'non-finite'} on rank {int(bad_rank) - 1} at epoch "
+                f"{state.epoch}, optimizer step {state.global_step}: stopping without saving (lower --lr, enable "
+                f"--clip_grad, or use --amp_dtype bfloat16); the last checkpoint is intact")
+        scaler.unscale_(optimizer)
+        grad_norm = None
+        if cfg.clip_grad is not None and cfg.clip_grad > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad).item()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        if model_ema is not None:
+            model_ema.update(model, step=state.global_step)
+            state.ema_updates += 1
+        state.global_step += 1
+        state.step_in_epoch += 1
+
+        lrs = [g['lr'] for g in optimizer.param_groups]
+        wd = next((g['weight_decay'] for g in optimizer.param_groups if g['weight_decay'] > 0), 0.0)
+        metric_logger.update(loss=loss_value, lr=max(lrs), min_lr=min(lrs), weight_decay=wd, grad_norm=grad_norm)
+        if scaler.is_enabled():
+            metric_logger.update(loss_scale=scaler.get_scale())
+        if on_step is not None:
+            on_step(state)
+        if stop:
+            if save_fn is not None:
+                save_fn('preempt')
+            raise TrainingInterrupted(f'stopped at epoch {state.epoch}, step {state.global_step}')
+    return {k: m.global_avg for k, m in metric_logger.meters.items()}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, num_batches: int, amp_dtype: Optional[torch.dtype] = None,
+             channels_last: bool = False, print_freq: int = 10, header: str = 'Test:') -> Dict[str, float]:
+    """Exact (distributed) evaluation: every sample counted once; sums, not averages of averages."""
+    ds = utils.dist_state()
+    criterion = nn.CrossEntropyLoss(reduction='sum')
+    model.eval()
+    loss_sum = correct1 = correct5 = count = 0.0
+    metric_logger = utils.MetricLogger()
+    for images, target in metric_logger.log_every(loader, print_freq, header, num_batches):
+        images = images.to(ds.device, non_blocking=True)
+        target = target.to(ds.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast(ds.device, amp_dtype):
+            output = model(images)
+        output = output.float()
+        loss_sum += criterion(output, target).item()
+        k = min(5, output.shape[1])
+        top = output.topk(k, dim=1).indices
+        hits = top.eq(target.unsqueeze(1))
+        correct1 += hits[:, :1].sum().item()
+        correct5 += hits[:, :k].sum().item()
+        count += target.numel()
+    loss_sum, correct1, correct5, count = utils.all_reduce_sum([loss_sum, correct1, correct5, count])
+    if count == 0:
+        raise UserError('the validation set is empty: check --data_path / --eval_data_path')
+    stats = {'acc1': 100.0 * correct1 / count, 'acc5': 100.0 * correct5 / count, 'loss': loss_sum / count,
+             'num_samples': int(count)}
+    _logger.info('* Acc@1 {:.3f} Acc@5 {:.3f} loss {:.3f}'.format(stats['acc1'], stats['acc5'], stats['loss']))
+    return stats

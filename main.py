@@ -1,0 +1,624 @@
+"""Train, fine-tune and validate HorNet: the command line of the original release, plus exact resume, bf16,
+CPU runs, YAML configs and clear errors.
+
+    torchrun --nproc_per_node 8 main.py --model hornet_tiny_7x7 --data_path /imagenet --output_dir out ...
+    python main.py --model hornet_tiny_7x7 --eval true --resume ckpt.pth --data_path /imagenet
+    python main.py --config configs/quickstart.yaml          # built-in data, trains on a laptop CPU
+
+Configuration flows one way: :func:`parse_args` reads CLI + YAML once and validates it; :func:`main` turns the
+validated flags into typed objects and passes them down.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 3   # a stop signal arrived; a checkpoint of the current step was written (requeue and resume)
+
+_logger = logging.getLogger('hornet')
+
+AMP_DTYPES = ('float16', 'bfloat16')
+
+
+def str2bool(v: Any) -> bool:
+    """Booleans as words, as the original (``--model_ema true``)."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ('yes', 'true', 't', 'y', '1'):
+        return True
+    if s in ('no', 'false', 'f', 'n', '0'):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports bad flags as our one-line UserError instead of exiting inside the parser."""
+
+    def error(self, message: str):
+        from errors import UserError
+        raise UserError(f"{message} (see python main.py --help)")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """Every flag of the original main.py (same names, defaults and meaning), then the new ones."""
+    p = _Parser('HorNet training and evaluation', add_help=True, allow_abbrev=False)
+    p.add_argument('--config', default=None, type=str, help='YAML file of flag defaults (CLI wins)')
+    p.add_argument('--batch_size', default=64, type=int, help='per-process batch size')
+    p.add_argument('--epochs', default=300, type=int)
+    p.add_argument('--update_freq', default=1, type=int, help='gradient accumulation steps')
+    # model
+    p.add_argument('--model', default='hornet_tiny_7x7', type=str, metavar='MODEL')
+    p.add_argument('--drop_path', type=float, default=0, metavar='PCT', help='stochastic depth rate')
+    p.add_argument('--input_size', default=224, type=int, help='image input size')
+    p.add_argument('--layer_scale_init_value', default=1e-6, type=float)
+    # EMA
+    p.add_argument('--model_ema', type=str2bool, default=False)
+    p.add_argument('--model_ema_decay', type=float, default=0.9999)
+    p.add_argument('--model_ema_force_cpu', type=str2bool, default=False)
+    p.add_argument('--model_ema_eval', type=str2bool, default=False, help='also evaluate the EMA weights')
+    # optimizer
+    p.add_argument('--opt', default='adamw', type=str, metavar='OPTIMIZER')
+    p.add_argument('--opt_eps', default=1e-8, type=float, metavar='EPSILON')
+    p.add_argument('--opt_betas', default=None, type=float, nargs='+', metavar='BETA')
+    p.add_argument('--clip_grad', type=float, default=None, metavar='NORM', help='max grad norm (off if unset)')
+    p.add_argument('--momentum', type=float, default=0.9, metavar='M')
+    p.add_argument('--weight_decay', type=float, default=0.05)
+    p.add_argument('--weight_decay_end', type=float, default=None, help='final WD of the cosine WD schedule')
+    p.add_argument('--lr', type=float, default=4e-3, metavar='LR')
+    p.add_argument('--layer_decay', type=float, default=1.0)
+    p.add_argument('--min_lr', type=float, default=1e-6, metavar='LR')
+    p.add_argument('--warmup_epochs', type=int, default=20, metavar='N')
+    p.add_argument('--warmup_steps', type=int, default=-1, metavar='N', help='overrides --warmup_epochs if > 0')
+    # augmentation
+    p.add_argument('--color_jitter', type=float, default=0.4, metavar='PCT')
+    p.add_argument('--aa', type=str, default='rand-m9-mstd0.5-inc1', metavar='NAME')
+    p.add_argument('--smoothing', type=float, default=0.1)
+    p.add_argument('--train_interpolation', type=str, default='bicubic')
+    p.add_argument('--crop_pct', type=float, default=None)
+    p.add_argument('--reprob', type=float, default=0.25, metavar='PCT')
+    p.add_argument('--remode', type=str, default='pixel')
+    p.add_argument('--recount', type=int, default=1)
+    p.add_argument('--resplit', type=str2bool, default=False)
+    p.add_argument('--mixup', type=float, default=0.8)
+    p.add_argument('--cutmix', type=float, default=1.0)
+    p.add_argument('--cutmix_minmax', type=float, nargs='+', default=None)
+    p.add_argument('--mixup_prob', type=float, default=1.0)
+    p.add_argument('--mixup_switch_prob', type=float, default=0.5)
+    p.add_argument('--mixup_mode', type=str, default='batch', choices=['batch', 'pair', 'elem'])
+    # fine-tuning
+    p.add_argument('--finetune', default='', help='weights to start from (original, mmpretrain or own format)')
+    p.add_argument('--head_init_scale', default=1.0, type=float)
+    p.add_argument('--model_key', default='model|module', type=str)
+    p.add_argument('--model_prefix', default='', type=str)
+    # data
+    p.add_argument('--data_path', default='/datasets01/imagenet_full_size/061417/', type=str)
+    p.add_argument('--eval_data_path', default=None, type=str)
+    p.add_argument('--nb_classes', default=1000, type=int)
+    p.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
+    p.add_argument('--data_set', default='IMNET', choices=['CIFAR', 'CIFAR10', 'IMNET', 'image_folder', 'QUICKSTART'])
+    p.add_argument('--output_dir', default='', help='where to save checkpoints and logs (empty: do not save)')
+    p.add_argument('--log_dir', default=None, help='TensorBoard directory')
+    p.add_argument('--device', default='cuda')
+    p.add_argument('--seed', default=0, type=int)
+    p.add_argument('--resume', default='', help='checkpoint to resume from (or to evaluate with --eval)')
+    p.add_argument('--auto_resume', type=str2bool, default=True)
+    p.add_argument('--save_ckpt', type=str2bool, default=True)
+    p.add_argument('--save_ckpt_freq', default=1, type=int)
+    p.add_argument('--save_ckpt_num', default=3, type=int)
+    p.add_argument('--start_epoch', default=0, type=int, metavar='N')
+    p.add_argument('--eval', type=str2bool, default=False, help='evaluate only')
+    p.add_argument('--dist_eval', type=str2bool, default=True, help='exact distributed evaluation')
+    p.add_argument('--disable_eval', type=str2bool, default=False)
+    p.add_argument('--num_workers', default=10, type=int)
+    p.add_argument('--pin_mem', type=str2bool, default=True)
+    # distributed
+    p.add_argument('--world_size', default=1, type=int)
+    p.add_argument('--local_rank', '--local-rank', default=-1, type=int, help='ignored: LOCAL_RANK is used')
+    p.add_argument('--dist_on_itp', type=str2bool, default=False)
+    p.add_argument('--dist_url', default='env://')
+    p.add_argument('--use_amp', type=str2bool, default=False, help='mixed precision (see --amp_dtype)')
+    # wandb
+    p.add_argument('--enable_wandb', type=str2bool, default=False)
+    p.add_argument('--project', default='hornet', type=str)
+    p.add_argument('--wandb_ckpt', type=str2bool, default=False)
+    p.add_argument('--exp_name', default='', type=str)
+    # new in this project
+    p.add_argument('--amp_dtype', default='float16', choices=AMP_DTYPES,
+                   help='precision under --use_amp true: float16 (with loss scaling) or bfloat16')
+    p.add_argument('--channels_last', type=str2bool, default=False)
+    p.add_argument('--compile', type=str2bool, default=False, help='torch.compile the model')
+    p.add_argument('--gf_impl', default='fft', choices=['fft', 'matmul'], help='Global Filter implementation')
+    p.add_argument('--skip_bad_images', type=str2bool, default=False,
+                   help='skip unreadable images (logged and counted) instead of failing')
+    p.add_argument('--print_freq', default=10, type=int)
+    p.add_argument('--save_safetensors', type=str2bool, default=False,
+                   help='also write model/EMA weights as .safetensors next to each checkpoint')
+    return p
+
+
+def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]:
+    """Read a YAML config (safe loader) into typed flag defaults; unknown keys and bad values are errors."""
+    import yaml
+    from errors import UserError
+    if not os.path.isfile(path):
+        raise UserError(f"--config {path}: file not found")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"--config {path}: not valid YAML ({' '.join(str(e).split())[:160]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a mapping of flag: value, got {type(data).__name__}")
+    actions = {a.dest: a for a in parser._actions if a.dest not in ('help', 'config')}
+    out: Dict[str, Any] = {}
+    for key, value in data.items():
+        key = str(key).lstrip('-').replace('-', '_')
+        if key not in actions:
+            close = difflib.get_close_matches(key, list(actions), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ''
+            raise UserError(f"--config {path}: unknown key '{key}'{hint}")
+        action = actions[key]
+        try:
+            if value is None:
+                out[key] = None
+            elif action.nargs in ('+', '*'):
+                items = value if isinstance(value, list) else [value]
+                out[key] = [action.type(str(v)) if action.type else v for v in items]
+            elif isinstance(value, (list, dict)):
+                raise ValueError(f"expected a single value, got {type(value).__name__}")
+            else:
+                conv = action.type or str
+                out[key] = conv(value) if conv is str2bool else conv(str(value))
+            if action.choices is not None and out[key] is not None and out[key] not in action.choices:
+                raise ValueError(f"must be one of {', '.join(map(str, action.choices))}")
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+            raise UserError(f"--config {path}: bad value for '{key}': {value!r} ({e})") from None
+    return out
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """CLI + optional YAML (``--config``), parsed once and validated once."""
+    parser = get_args_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--config', default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        parser.set_defaults(**_yaml_defaults(parser, known.config))
+    args = parser.parse_args(argv)
+    if args.data_set == 'QUICKSTART' and args.data_path == parser.get_default('data_path'):
+        args.data_path = os.path.join('.', 'data', 'quickstart')  # the original default is a cluster path
+    if args.data_set in ('image_folder', 'QUICKSTART') and args.nb_classes == parser.get_default('nb_classes'):
+        args.nb_classes = None  # class count from the folders (an explicit --nb_classes is checked against them)
+    validate_args(args)
+    return args
+
+
+def validate_args(args: argparse.Namespace) -> None:
+    """All checks of flag values in one place; each failure is one line naming the flag and the fix."""
+    import timm
+    import models  # noqa: F401  (registers the HorNet variants)
+    from errors import UserError
+
+    if args.model not in timm.list_models():
+        close = difflib.get_close_matches(args.model, timm.list_models('hornet*'), n=4, cutoff=0.4)
+        hint = f"; did you mean {', '.join(close)}?" if close else ''
+        raise UserError(f"unknown --model '{args.model}'{hint} (python scripts/flops.py lists the HorNet variants)")
+    positive = {'batch_size': args.batch_size, 'update_freq': args.update_freq, 'input_size': args.input_size,
+                'save_ckpt_freq': args.save_ckpt_freq, 'print_freq': args.print_freq}
+    if not args.eval:
+        positive['epochs'] = args.epochs
+    for name, v in positive.items():
+        if v is None or v <= 0:
+            raise UserError(f"--{name} must be a positive integer (got {v})")
+    for name in ('lr', 'min_lr', 'weight_decay', 'drop_path', 'smoothing', 'reprob', 'mixup', 'cutmix', 'opt_eps',
+                 'layer_decay', 'model_ema_decay'):
+        v = getattr(args, name)
+        if v is not None and (not math.isfinite(v) or v < 0):
+            raise UserError(f"--{name} must be a non-negative number (got {v})")
+    if args.weight_decay_end is not None and args.weight_decay_end < 0:
+        raise UserError(f"--weight_decay_end must be non-negative (got {args.weight_decay_end})")
+    if not 0 <= args.drop_path < 1:
+        raise UserError(f"--drop_path must be in [0, 1) (got {args.drop_path})")
+    if args.input_size % 32 != 0:
+        raise UserError(f"--input_size must be divisible by 32 for HorNet's four downsamplings (got "
+                        f"{args.input_size}; try {max(32, round(args.input_size / 32) * 32)})")
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be >= 0 (got {args.num_workers})")
+    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
+        raise UserError(f"--crop_pct must be in (0, 1] (got {args.crop_pct})")
+    if args.clip_grad is not None and args.clip_grad < 0:
+        raise UserError(f"--clip_grad must be positive (got {args.clip_grad})")
+    if args.eval and not args.resume and not args.finetune:
+        raise UserError("--eval true needs the checkpoint to evaluate: add --resume /path/to/checkpoint.pth")
+    for flag in ('resume', 'finetune'):
+        path = getattr(args, flag)
+        if path and not path.startswith(('http://', 'https://')) and not os.path.isfile(path):
+            raise UserError(f"--{flag} {path}: file not found (check the path)")
+        if path and path.startswith(('http://', 'https://')):
+            raise UserError(f"--{flag} {path}: downloading is not supported; download the file and pass its path")
+    mixup_on = not args.eval and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None)
+    if mixup_on and args.batch_size % 2 != 0 and args.mixup_mode in ('batch', 'pair'):
+        raise UserError(f"--mixup/--cutmix need an even --batch_size (got {args.batch_size}); "
+                        f"use {args.batch_size + 1} or set --mixup 0 --cutmix 0")
+    if args.device.startswith('cuda'):
+        import torch
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was given but CUDA is not available on this machine; use --device cpu")
+    if args.use_amp and args.amp_dtype == 'float16' and args.device == 'cpu':
+        raise UserError("--use_amp true with float16 is not supported on CPU; add --amp_dtype bfloat16")
+    if args.output_dir and os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise UserError(f"--output_dir {args.output_dir} exists and is not a directory")
+    if args.enable_wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--enable_wandb true needs the wandb package: pip install wandb") from None
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json_atomic(path: str, obj: Any) -> None:
+    tmp = os.path.join(os.path.dirname(path) or '.', '.tmp-' + os.path.basename(path))
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _finetune_state_dict(args: argparse.Namespace) -> Dict[str, Any]:
+    """Weights for --finetune: any supported format; --model_key picks the entry, --model_prefix is stripped."""
+    from models.weights import safe_load
+    raw = safe_load(args.finetune)
+    sd = None
+    if isinstance(raw, dict):
+        for key in args.model_key.split('|'):
+            if isinstance(raw.get(key), dict):
+                sd = raw[key]
+                _logger.info('Fine-tuning from %s[%r]', args.finetune, key)
+                break
+    sd = dict(raw if sd is None else sd)
+    if args.model_prefix:
+        sd = {k[len(args.model_prefix):] if k.startswith(args.model_prefix) else k: v for k, v in sd.items()}
+    return sd
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run training or evaluation as described by validated ``args``. Returns an exit status."""
+    import torch
+    import timm
+    from timm.data import Mixup
+    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+    from timm.utils import ModelEmaV3
+
+    import checkpoints
+    import datasets
+    import engine
+    import models
+    import utils
+    from errors import UserError
+    from models.weights import checkpoint_filter_fn
+    from optim_factory import cosine_schedule, create_optimizer
+
+    ds = utils.init_distributed(args.device, args.dist_url, args.world_size, args.dist_on_itp)
+    utils.setup_logging(args.output_dir or None)
+    if args.local_rank not in (-1, ds.local_rank):
+        _logger.info('--local_rank %d ignored in favour of LOCAL_RANK=%d', args.local_rank, ds.local_rank)
+    torch.manual_seed(args.seed + ds.rank)
+    import random
+    import numpy as np
+    random.seed(args.seed + ds.rank)
+    np.random.seed(args.seed + ds.rank)
+    if ds.device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    amp_dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[args.amp_dtype] if args.use_amp else None
+
+    # ---- data
+    if args.data_set == 'QUICKSTART' and ds.is_main:
+        datasets.build_dataset(False, args)  # rank 0 writes the generated images once
+    utils.barrier()
+    dataset_val, nb_val = (None, None)
+    if not args.disable_eval or args.eval:
+        dataset_val, nb_val = datasets.build_dataset(False, args)
+    dataset_train = None
+    nb_classes = nb_val
+    if not args.eval:
+        dataset_train, nb_classes = datasets.build_dataset(True, args)
+    assert nb_classes is not None
+
+    # ---- model
+    hornet_kwargs = dict(layer_scale_init_value=args.layer_scale_init_value, head_init_scale=args.head_init_scale,
+                         gf_impl=args.gf_impl) if args.model.startswith('hornet_') else {}
+    model = timm.create_model(args.model, num_classes=nb_classes, drop_path_rate=args.drop_path, **hornet_kwargs)
+    if args.finetune:
+        sd = checkpoint_filter_fn(_finetune_state_dict(args), model, path=args.finetune)
+        model.load_state_dict(sd, strict=True)
+    model.to(ds.device)
+    if args.channels_last:
+        model.to(memory_format=torch.channels_last)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    try:
+        gflops = utils.count_flops(model, args.input_size) / 1e9
+    except Exception as e:  # counting is informative only
+        _logger.warning('FLOP count failed: %s', e)
+        gflops = float('nan')
+    _logger.info('Model %s: %.2fM params, %.2f GFLOPs (MACs) at %d px, %d classes', args.model,
+                 n_parameters / 1e6, gflops, args.input_size, nb_classes)
+
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay,
+                               device=torch.device('cpu') if args.model_ema_force_cpu else None)
+    model_without_ddp = model
+    if ds.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ds.device.index] if ds.device.type == 'cuda' else None)
+    train_model = torch.compile(model) if args.compile else model
+
+    # ---- eval loader (exact: no padding, every sample once)
+    def eval_loader():
+        if not args.dist_eval and ds.distributed:
+            sampler = datasets.EvalShardSampler(len(dataset_val), 1, 0) if ds.is_main else \
+                datasets.EvalShardSampler(0, 1, 0)
+        else:
+            sampler = datasets.EvalShardSampler(len(dataset_val), ds.world_size, ds.rank)
+        loader = datasets.build_loader(dataset_val, sampler, int(1.5 * args.batch_size), args.num_workers,
+                                       args.pin_mem, drop_last=False, persistent_workers=False)
+        return loader, len(loader)
+
+    def run_eval(net, header='Test:'):
+        loader, n = eval_loader()
+        return engine.evaluate(net, loader, n, amp_dtype=amp_dtype, channels_last=args.channels_last,
+                               print_freq=args.print_freq, header=header)
+
+    if args.eval:
+        ckpt = checkpoints.load_training_checkpoint(args.resume) if args.resume else None
+        if ckpt is not None:
+            sd = checkpoint_filter_fn(ckpt['model'], model_without_ddp, path=args.resume)
+            model_without_ddp.load_state_dict(sd, strict=True)
+        stats = run_eval(model)
+        result = {'checkpoint': args.resume or args.finetune, 'model': args.model, 'input_size': args.input_size,
+                  **stats}
+        if ckpt is not None and args.model_ema_eval and ckpt.get('model_ema') is not None:
+            sd = checkpoint_filter_fn(ckpt['model_ema'], model_without_ddp, path=args.resume)
+            model_without_ddp.load_state_dict(sd, strict=True)
+            ema_stats = run_eval(model, header='Test (EMA):')
+            result.update({f'{k}_ema': v for k, v in ema_stats.items()})
+        if ds.is_main:
+            result['sha256'] = _sha256(args.resume or args.finetune)
+            if args.output_dir:
+                os.makedirs(args.output_dir, exist_ok=True)
+                _write_json_atomic(os.path.join(args.output_dir, 'eval.json'), result)
+                _logger.info('Wrote %s', os.path.join(args.output_dir, 'eval.json'))
+        print('* Acc@1 {:.3f} Acc@5 {:.3f} loss {:.3f}'.format(stats['acc1'], stats['acc5'], stats['loss']))
+        return EXIT_OK
+
+    # ---- training loader
+    assert dataset_train is not None
+    sampler = datasets.ResumableSampler(len(dataset_train), ds.world_size, ds.rank, shuffle=True, seed=args.seed)
+    loader = datasets.build_loader(dataset_train, sampler, args.batch_size, args.num_workers, args.pin_mem,
+                                   drop_last=True)
+    batches_per_epoch = sampler.per_replica // args.batch_size
+    steps_per_epoch = batches_per_epoch // args.update_freq
+    if steps_per_epoch == 0:
+        raise UserError(f"one epoch has {sampler.per_replica} samples per process, fewer than --batch_size "
+                        f"{args.batch_size} x --update_freq {args.update_freq}; lower them or add data")
+    eff_batch = args.batch_size * args.update_freq * ds.world_size
+    _logger.info('Effective batch %d = %d (batch) x %d (update_freq) x %d (processes); LR %.3g; %d optimizer '
+                 'steps per epoch', eff_batch, args.batch_size, args.update_freq, ds.world_size, args.lr,
+                 steps_per_epoch)
+
+    mixup_fn = None
+    if args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=nb_classes)
+    if mixup_fn is not None:
+        criterion = SoftTargetCrossEntropy()
+    elif args.smoothing > 0.:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+
+    optimizer = create_optimizer(model_without_ddp, args.opt, args.lr, args.weight_decay, opt_eps=args.opt_eps,
+                                 opt_betas=args.opt_betas, momentum=args.momentum, layer_decay=args.layer_decay)
+    scaler = torch.amp.GradScaler(ds.device.type, enabled=amp_dtype == torch.float16)
+    lr_fn = cosine_schedule(args.lr, args.min_lr, args.epochs, steps_per_epoch, warmup_epochs=args.warmup_epochs,
+                            warmup_steps=args.warmup_steps)
+    wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
+    wd_fn = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+
+    state = engine.TrainState(epoch=args.start_epoch, global_step=args.start_epoch * steps_per_epoch)
+
+    # ---- resume
+    resume_path = args.resume
+    if not resume_path and args.auto_resume and args.output_dir:
+        found = checkpoints.find_resume_checkpoint(args.output_dir)
+        resume_path = str(found) if found else ''
+    if resume_path:
+        ck = checkpoints.load_training_checkpoint(resume_path)
+        sd = checkpoint_filter_fn(ck['model'], model_without_ddp, path=resume_path)
+        model_without_ddp.load_state_dict(sd, strict=True)
+        _logger.info('Resumed weights from %s', resume_path)
+        if 'optimizer' in ck:
+            if ck.get('epoch') is None:
+                raise UserError(f"{resume_path} is a 'best' checkpoint of the original release and cannot be resumed "
+                                f"from; use --finetune {resume_path} to start from its weights")
+            optimizer.load_state_dict(ck['optimizer'])
+            if ck.get('scaler') and scaler.is_enabled():
+                scaler.load_state_dict(ck['scaler'])
+            if model_ema is not None and ck.get('model_ema') is not None:
+                model_ema.module.load_state_dict(
+                    checkpoint_filter_fn(ck['model_ema'], model_ema.module, path=resume_path), strict=True)
+            if ck['epoch_complete']:
+                state.epoch, state.step_in_epoch = ck['epoch'] + 1, 0
+            else:
+                state.epoch, state.step_in_epoch = ck['epoch'], ck['step_in_epoch']
+            gs = ck.get('global_step')
+            state.global_step = gs if gs is not None else state.epoch * steps_per_epoch
+            state.ema_updates = ck.get('ema_updates') or 0
+            state.max_accuracy = ck.get('max_accuracy') or 0.0
+            state.max_accuracy_ema = ck.get('max_accuracy_ema') or 0.0
+            if ck.get('rng') is not None and ck.get('args', {}).get('seed') == args.seed:
+                checkpoints.set_rng_state(ck['rng'])
+            _logger.info('Resuming at epoch %d, step %d of the epoch (global step %d)', state.epoch,
+                         state.step_in_epoch, state.global_step)
+
+    def snapshot(epoch_complete: bool) -> Dict[str, Any]:
+        return {
+            'model': model_without_ddp.state_dict(), 'optimizer': optimizer.state_dict(),
+            'epoch': state.epoch, 'scaler': scaler.state_dict() if scaler.is_enabled() else None,
+            'model_ema': model_ema.module.state_dict() if model_ema is not None else None,
+            'args': vars(args), 'global_step': state.global_step,
+            'step_in_epoch': 0 if epoch_complete else state.step_in_epoch, 'epoch_complete': epoch_complete,
+            'ema_updates': state.ema_updates, 'max_accuracy': state.max_accuracy,
+            'max_accuracy_ema': state.max_accuracy_ema,
+        }
+
+    def save(name, epoch_complete: bool, weights_only_sd=None) -> None:
+        if not (args.output_dir and args.save_ckpt and ds.is_main):
+            return
+        snap = snapshot(epoch_complete)
+        path = checkpoints.save_training_checkpoint(args.output_dir, name, snap)
+        if args.save_safetensors:
+            from safetensors.torch import save_file
+            tmp = os.path.join(args.output_dir, '.tmp-' + path.stem + '.safetensors')
+            save_file({k: v.contiguous() for k, v in snap['model'].items()}, tmp)
+            os.replace(tmp, str(path.with_suffix('.safetensors')))
+
+    def save_preempt(_name: str) -> None:
+        save('preempt', epoch_complete=False)
+        utils.barrier()
+
+    tb = None
+    if args.log_dir and ds.is_main:
+        from tensorboardX import SummaryWriter
+        os.makedirs(args.log_dir, exist_ok=True)
+        tb = SummaryWriter(logdir=args.log_dir)
+    wandb_run = None
+    if args.enable_wandb and ds.is_main:
+        import wandb
+        wandb_run = wandb.init(project=args.project, name=args.exp_name or None, config=vars(args))
+
+    def on_step(st: engine.TrainState) -> None:
+        if tb is not None:
+            tb.add_scalar('train/lr', optimizer.param_groups[0]['lr'] / optimizer.param_groups[0].get('lr_scale', 1),
+                          st.global_step)
+
+    step_cfg = engine.StepConfig(update_freq=args.update_freq, clip_grad=args.clip_grad, amp_dtype=amp_dtype,
+                                 channels_last=args.channels_last, print_freq=args.print_freq,
+                                 batch_size=args.batch_size, steps_per_epoch=steps_per_epoch, lr_fn=lr_fn, wd_fn=wd_fn)
+    utils.STOP.install()
+    _logger.info('Start training for %d epochs; outputs in %s', args.epochs, args.output_dir or '(not saved)')
+    start_time = time.time()
+    try:
+        while state.epoch < args.epochs:
+            epoch = state.epoch
+            sampler.set_epoch(epoch, start=state.step_in_epoch * args.update_freq * args.batch_size)
+            remaining = (steps_per_epoch - state.step_in_epoch) * args.update_freq
+            limited = _take(loader, remaining)
+            train_stats = engine.train_one_epoch(
+                train_model, criterion, limited, remaining, optimizer, scaler, state, step_cfg,
+                model_ema=model_ema, mixup_fn=mixup_fn, save_fn=save_preempt, on_step=on_step)
+            log_stats: Dict[str, Any] = {f'train_{k}': v for k, v in train_stats.items()}
+            if dataset_val is not None and not args.disable_eval:
+                test_stats = run_eval(model)
+                if test_stats['acc1'] > state.max_accuracy:
+                    state.max_accuracy = test_stats['acc1']
+                    save('best', epoch_complete=True)
+                _logger.info('Max accuracy: %.2f%%', state.max_accuracy)
+                log_stats.update({f'test_{k}': v for k, v in test_stats.items()})
+                if model_ema is not None and args.model_ema_eval:
+                    ema_stats = run_eval(model_ema.module, header='Test (EMA):')
+                    if ema_stats['acc1'] > state.max_accuracy_ema:
+                        state.max_accuracy_ema = ema_stats['acc1']
+                        if args.output_dir and args.save_ckpt and ds.is_main:
+                            save('best-ema', epoch_complete=True)
+                    log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
+                if tb is not None:
+                    for k in ('acc1', 'acc5', 'loss'):
+                        tb.add_scalar(f'perf/test_{k}', test_stats[k], epoch)
+            log_stats.update({'epoch': epoch, 'n_parameters': n_parameters})
+            if tb is not None:
+                tb.add_scalar('train/loss', train_stats.get('loss', float('nan')), epoch)
+                tb.flush()
+            if wandb_run is not None:
+                wandb_run.log(log_stats)
+            state.step_in_epoch = 0
+            if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
+                save(epoch, epoch_complete=True)
+                if args.output_dir and ds.is_main:
+                    checkpoints.prune_checkpoints(args.output_dir, args.save_ckpt_num)
+            if args.output_dir and ds.is_main:
+                with open(os.path.join(args.output_dir, 'log.txt'), 'a') as f:
+                    f.write(json.dumps(log_stats) + '\n')
+            state.epoch += 1
+    except engine.TrainingInterrupted as e:
+        _logger.warning('%s; checkpoint saved: relaunch the same command to continue', e)
+        return EXIT_PREEMPTED
+    finally:
+        utils.STOP.uninstall()
+        if tb is not None:
+            tb.close()
+    _logger.info('Training time %s', time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time)))
+    if args.output_dir and ds.is_main:
+        _logger.info('Checkpoints and log.txt are in %s', os.path.abspath(args.output_dir))
+    return EXIT_OK
+
+
+def _take(loader, n: int):
+    """The first ``n`` batches of ``loader`` (the epoch is cut to whole optimizer steps)."""
+    it = iter(loader)
+    for _ in range(n):
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: user errors become one line on stderr and exit status 2, never a traceback."""
+    from errors import UserError
+    try:
+        from models.weights import CheckpointError
+    except Exception:  # pragma: no cover - models import errors surface below
+        CheckpointError = UserError  # type: ignore[misc,assignment]
+    try:
+        args = parse_args(argv)
+        return main(args)
+    except (UserError, CheckpointError) as e:
+        logging.getLogger('hornet').debug('user error', exc_info=True)
+        sys.stderr.write(f"error: {e}\n")
+        return EXIT_USER_ERROR
+    finally:
+        try:
+            import utils
+            utils.cleanup_distributed()
+        except Exception:
+            pass
+
+
+if __name__ == '__main__':
+    sys.exit(cli())

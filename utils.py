@@ -1,0 +1,312 @@
+"""Process-wide plumbing: distributed state (read once from the environment), logging, progress meters,
+graceful-stop signals and FLOP counting.
+
+Checkpoint I/O lives in ``checkpoints.py``; optimizer/schedules in ``optim_factory.py``.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import signal
+import sys
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import torch
+import torch.distributed as dist
+
+from errors import UserError
+
+_logger = logging.getLogger('hornet')
+
+
+# ---------------------------------------------------------------------------------------------- distributed
+@dataclass(frozen=True)
+class DistState:
+    """Who this process is. Built once by :func:`init_distributed`; everything else reads it from here."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device('cpu')
+    backend: Optional[str] = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+_STATE = DistState()
+
+
+def dist_state() -> DistState:
+    return _STATE
+
+
+def _env_int(*names: str) -> Optional[int]:
+    for n in names:
+        if os.environ.get(n, '') != '':
+            return int(os.environ[n])
+    return None
+
+
+def init_distributed(device: str, dist_url: str = 'env://', world_size: int = 1, dist_on_itp: bool = False,
+                     timeout_s: int = 1800) -> DistState:
+    """Read rank/world/local rank from torchrun (RANK, WORLD_SIZE, LOCAL_RANK), OpenMPI (``--dist_on_itp``)
+    or SLURM (SLURM_PROCID, ...), pick this process's device from its local rank, and start the process group
+    (NCCL on CUDA, gloo on CPU). A single process with none of these set runs undistributed."""
+    global _STATE
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but CUDA is not available on this machine; use --device cpu")
+    if device not in ('cpu', 'cuda') and not device.startswith('cuda:'):
+        raise UserError(f"--device {device!r} is not supported; use cpu or cuda")
+    if dist_on_itp:
+        rank = _env_int('OMPI_COMM_WORLD_RANK')
+        world = _env_int('OMPI_COMM_WORLD_SIZE')
+        local = _env_int('OMPI_COMM_WORLD_LOCAL_RANK')
+        if rank is None or world is None:
+            raise UserError("--dist_on_itp true needs OMPI_COMM_WORLD_RANK/SIZE in the environment (run under mpirun)")
+        os.environ.setdefault('RANK', str(rank))
+        os.environ.setdefault('WORLD_SIZE', str(world))
+        os.environ.setdefault('LOCAL_RANK', str(local or 0))
+    elif _env_int('RANK') is not None and _env_int('WORLD_SIZE') is not None:
+        rank, world = _env_int('RANK'), _env_int('WORLD_SIZE')
+        local = _env_int('LOCAL_RANK')
+        if local is None:
+            local = rank % max(torch.cuda.device_count(), 1) if device.startswith('cuda') else 0
+    elif _env_int('SLURM_PROCID') is not None and _env_int('SLURM_NTASKS', 'SLURM_NPROCS') not in (None, 1) \
+            and os.environ.get('MASTER_ADDR'):
+        rank, world = _env_int('SLURM_PROCID'), _env_int('SLURM_NTASKS', 'SLURM_NPROCS')
+        local = _env_int('SLURM_LOCALID') or 0
+    else:
+        rank, world, local = 0, 1, 0
+    assert rank is not None and world is not None
+    if world > 1 and world_size not in (1, world):
+        _logger.warning('--world_size %d ignored: the launcher started %d processes', world_size, world)
+
+    if device.startswith('cuda'):
+        torch.cuda.set_device(local if device == 'cuda' else torch.device(device).index)
+        dev = torch.device('cuda', torch.cuda.current_device())
+        backend = 'nccl'
+    else:
+        dev = torch.device('cpu')
+        backend = 'gloo'
+    if world > 1 and not dist.is_initialized():
+        os.environ.setdefault('MASTER_ADDR', '127.0.0.1')
+        kwargs = dict(backend=backend, init_method=dist_url, world_size=world, rank=rank,
+                      timeout=datetime.timedelta(seconds=timeout_s))
+        if backend == 'nccl':
+            kwargs['device_id'] = dev
+        dist.init_process_group(**kwargs)
+    _STATE = DistState(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend if world > 1 else None)
+    return _STATE
+
+
+def barrier() -> None:
+    if _STATE.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(values: Sequence[float], device: Optional[torch.device] = None) -> List[float]:
+    """Sum a few numbers across ranks (float64 so counts and loss sums stay exact)."""
+    t = torch.tensor(list(values), dtype=torch.float64, device=device or _STATE.device)
+    if _STATE.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def all_reduce_max(values: Sequence[float], device: Optional[torch.device] = None) -> List[float]:
+    t = torch.tensor(list(values), dtype=torch.float64, device=device or _STATE.device)
+    if _STATE.distributed:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+
+def cleanup_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------- logging
+class _RankFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return _STATE.is_main or record.levelno >= logging.WARNING
+
+
+def setup_logging(output_dir: Optional[str] = None, level: int = logging.INFO) -> None:
+    """Log to stderr (rank 0 only below WARNING) and, on rank 0, to ``output_dir/train.log``."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, '_hornet', False):
+            root.removeHandler(h)
+    fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(fmt)
+    handler.addFilter(_RankFilter())
+    handler._hornet = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    if output_dir and _STATE.is_main:
+        os.makedirs(output_dir, exist_ok=True)
+        fh = logging.FileHandler(os.path.join(output_dir, 'train.log'))
+        fh.setFormatter(fmt)
+        fh._hornet = True  # type: ignore[attr-defined]
+        root.addHandler(fh)
+    root.setLevel(level)
+
+
+class SmoothedValue:
+    """Windowed median/avg plus global average of a scalar series."""
+
+    def __init__(self, window: int = 20, fmt: str = '{median:.4f} ({global_avg:.4f})'):
+        self.deque: deque = deque(maxlen=window)
+        self.total = 0.0
+        self.count = 0
+        self.fmt = fmt
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.deque.append(value)
+        self.count += n
+        self.total += value * n
+
+    @property
+    def median(self) -> float:
+        return float(torch.tensor(list(self.deque)).median().item()) if self.deque else 0.0
+
+    @property
+    def avg(self) -> float:
+        return sum(self.deque) / max(len(self.deque), 1)
+
+    @property
+    def global_avg(self) -> float:
+        return self.total / max(self.count, 1)
+
+    @property
+    def value(self) -> float:
+        return self.deque[-1] if self.deque else 0.0
+
+    def __str__(self) -> str:
+        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
+
+
+class MetricLogger:
+    """Per-step progress lines with ETA and img/s (rank 0), and epoch averages for log.txt."""
+
+    def __init__(self, delimiter: str = '  '):
+        self.meters: Dict[str, SmoothedValue] = defaultdict(SmoothedValue)
+        self.delimiter = delimiter
+
+    def update(self, n: int = 1, **kwargs: float) -> None:
+        for k, v in kwargs.items():
+            if v is None:
+                continue
+            self.meters[k].update(float(v), n)
+
+    def __str__(self) -> str:
+        return self.delimiter.join(f'{k}: {m}' for k, m in self.meters.items())
+
+    def log_every(self, iterable: Iterable, print_freq: int, header: str, total: int,
+                  batch_size: int = 0) -> Iterator:
+        start = last = time.time()
+        iter_time = SmoothedValue(fmt='{avg:.3f}')
+        width = len(str(total))
+        for i, obj in enumerate(iterable):
+            yield obj
+            now = time.time()
+            iter_time.update(now - last)
+            last = now
+            if i % print_freq == 0 or i == total - 1:
+                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
+                ips = batch_size * _STATE.world_size / max(iter_time.avg, 1e-9) if batch_size else 0.0
+                _logger.info('%s [%*d/%d] eta: %s  %s  img/s: %.1f', header, width, i, total, eta, self, ips)
+        _logger.info('%s Total time: %s (%.3f s / it)', header,
+                     datetime.timedelta(seconds=int(time.time() - start)), (time.time() - start) / max(total, 1))
+
+
+# ---------------------------------------------------------------------------------------------- graceful stop
+class StopRequest:
+    """Set by SIGTERM/SIGUSR2 (preemption, time limit) so training can save at the next step boundary.
+
+    Nothing is done in the signal handler itself except setting a flag: the training loop agrees on the stop
+    across ranks, saves a checkpoint at a consistent step and exits.
+    """
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def request(self, signum: int = signal.SIGTERM) -> None:
+        self.signum = signum
+
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002
+        if self.signum is None:
+            _logger.warning('Received %s: will save a checkpoint at the next step and stop',
+                            signal.Signals(signum).name)
+        self.signum = signum
+
+    def install(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR2)) -> None:
+        for s in signals:
+            self._previous[s] = signal.signal(s, self._handler)
+
+    def uninstall(self) -> None:
+        for s, h in self._previous.items():
+            signal.signal(s, h)  # type: ignore[arg-type]
+        self._previous.clear()
+
+
+STOP = StopRequest()
+
+
+# ---------------------------------------------------------------------------------------------- flops
+def count_flops(model: torch.nn.Module, input_size: int, in_chans: int = 3) -> float:
+    """Multiply-adds (the paper's "FLOPs") of one image, counted by torch's FlopCounterMode with FFTs included.
+
+    Runs on a throw-away meta-device copy, so it costs no memory and no compute.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+    import copy
+    custom = fft_flop_formulas()
+    m = copy.deepcopy(model).to('meta').eval()
+    x = torch.empty(1, in_chans, input_size, input_size, device='meta')
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter, torch.no_grad():
+        m(x)
+    return counter.get_total_flops() / 2.0
+
+
+def fft_flop_formulas() -> dict:
+    """FlopCounterMode formulas for rfft2/irfft2 (5/2 N log2 N real FLOPs per complex transform of length N,
+    halved for real-input/output transforms), so Global Filter models are not under-counted."""
+    import math
+    aten = torch.ops.aten
+
+    def _fft(in_shape, out_shape, dims, real: bool) -> int:
+        shape = out_shape if not real else in_shape
+        n_total = 1
+        for s in shape:
+            n_total *= s
+        flops = 0.0
+        for d in dims:
+            n = shape[d]
+            if n > 1:
+                flops += 2.5 * n_total * math.log2(n) * (0.5 if real else 1.0)
+        return int(flops)
+
+    def r2c(x_shape, dim, *args, out_shape=None, **kwargs):
+        return _fft(list(x_shape), list(out_shape), dim, True)
+
+    def c2r(x_shape, dim, *args, out_shape=None, **kwargs):
+        return _fft(list(out_shape), list(out_shape), dim, True)
+
+    def c2c(x_shape, dim, *args, out_shape=None, **kwargs):
+        return _fft(list(x_shape), list(out_shape), dim, False)
+
+    return {aten._fft_r2c: r2c, aten._fft_c2r: c2r, aten._fft_c2c: c2c}
