@@ -120,6 +120,7 @@ def build_transform(is_train: bool, args: Any) -> Callable:
             re_prob=getattr(args, 'reprob', 0.0),
             re_mode=getattr(args, 'remode', 'pixel'),
             re_count=getattr(args, 'recount', 1),
+            scale=tuple(getattr(args, 'train_crop_scale', None) or (0.08, 1.0)),
             mean=mean,
             std=std,
         )
@@ -589,6 +590,9 @@ def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_worker
         pin_memory=bool(pin_memory) and torch.cuda.is_available(),
         drop_last=drop_last,
         persistent_workers=bool(persistent_workers) and num_workers > 0,
+        # its own generator: creating an iterator must not draw from the global torch RNG, or a resumed run's
+        # drop-path/mixup randomness would shift relative to an uninterrupted one
+        generator=torch.Generator().manual_seed(0),
     )
 
 

@@ -141,6 +141,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--gf_impl', default='fft', choices=['fft', 'matmul'], help='Global Filter implementation')
     p.add_argument('--skip_bad_images', type=str2bool, default=False,
                    help='skip unreadable images (logged and counted) instead of failing')
+    p.add_argument('--train_crop_scale', type=float, nargs=2, default=[0.08, 1.0], metavar=('MIN', 'MAX'),
+                   help='area range of the training RandomResizedCrop (timm default 0.08 1.0)')
     p.add_argument('--print_freq', default=10, type=int)
     p.add_argument('--save_safetensors', type=str2bool, default=False,
                    help='also write model/EMA weights as .safetensors next to each checkpoint')
@@ -234,6 +236,14 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.input_size % 32 != 0:
         raise UserError(f"--input_size must be divisible by 32 for HorNet's four downsamplings (got "
                         f"{args.input_size}; try {max(32, round(args.input_size / 32) * 32)})")
+    import timm.optim
+    opt_name = args.opt.lower()
+    if opt_name.startswith('lookahead_'):
+        opt_name = opt_name[len('lookahead_'):]
+    if opt_name not in timm.optim.list_optimizers():
+        close = difflib.get_close_matches(opt_name, timm.optim.list_optimizers(), n=4)
+        raise UserError(f"unknown --opt '{args.opt}'" + (f"; did you mean {', '.join(close)}?" if close else '') +
+                        " (any timm optimizer name, e.g. adamw, sgd, lamb)")
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be >= 0 (got {args.num_workers})")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
@@ -364,7 +374,7 @@ def main(args: argparse.Namespace) -> int:
     except Exception as e:  # counting is informative only
         _logger.warning('FLOP count failed: %s', e)
         gflops = float('nan')
-    _logger.info('Model %s: %.2fM params, %.2f GFLOPs (MACs) at %d px, %d classes', args.model,
+    _logger.info('Model %s: %.2fM params, %.3g GFLOPs (MACs) at %d px, %d classes', args.model,
                  n_parameters / 1e6, gflops, args.input_size, nb_classes)
 
     model_ema = None
