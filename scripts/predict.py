@@ -1,0 +1,258 @@
+#!/usr/bin/env python
+"""Classify images with a HorNet checkpoint and print the top-k classes with their probabilities.
+
+Usage (from the repository root)::
+
+    python scripts/predict.py --model hornet_tiny_7x7 --checkpoint hornet_tiny_7x7.pth cat.jpg photos/
+    python scripts/predict.py --model hornet_base_gf --checkpoint ckpt.pth --topk 3 --json preds.json photos/
+
+PATHS are image files or folders (searched recursively for image extensions). Images go through the model's
+evaluation transform (its pretrained_cfg: resize by crop_pct 0.875, bicubic, center crop, ImageNet mean/std).
+A 1000-class head prints ImageNet class names (timm's bundled table, nothing is downloaded); other heads print
+class indices, or names from ``--class_names FILE`` (one per line).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from errors import UserError  # noqa: E402
+
+if TYPE_CHECKING:  # torch, timm and the models are imported once the arguments are checked (fast errors)
+    import torch
+    import torch.nn as nn
+
+_logger = logging.getLogger('predict')
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
+NO_CHECKPOINT = ('no --checkpoint given: predictions of random weights are meaningless '
+                 '(pass --checkpoint PATH, or --allow_random for a smoke test)')
+_HEAD_KEY = re.compile(r'^(?:module\.|_orig_mod\.)*head(?:\.fc)?\.weight$')
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(description='Top-k ImageNet predictions of a HorNet checkpoint for image files.')
+    p.add_argument('paths', nargs='+', metavar='PATH', help='image files or folders (searched recursively)')
+    p.add_argument('--model', default='hornet_tiny_7x7', help='variant name, e.g. hornet_tiny_7x7, hornet_base_gf')
+    p.add_argument('--checkpoint', default=None, help='weights: original release, mmpretrain, this project, '
+                   'bare state dict or .safetensors')
+    p.add_argument('--use_ema', action='store_true', help='use the EMA weights of a training checkpoint')
+    p.add_argument('--input_size', type=int, default=None, help="image side (default: the model's, 224 or 384)")
+    p.add_argument('--topk', type=int, default=5, help='classes to print per image')
+    p.add_argument('--batch_size', type=int, default=16)
+    p.add_argument('--class_names', default=None, help='text file with one class name per line (for heads that '
+                   'are not ImageNet-1k, or to override the ImageNet names)')
+    p.add_argument('--json', default=None, metavar='FILE', help='also write the predictions to FILE as JSON')
+    p.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
+    p.add_argument('--skip_bad', action='store_true', help='warn about unreadable images and go on')
+    p.add_argument('--allow_random', action='store_true', help='run without --checkpoint (random weights: '
+                   'meaningless predictions, for testing only)')
+    p.add_argument('-v', '--verbose', action='store_true', help='log progress (INFO)')
+    return p.parse_args(argv)
+
+
+def find_images(paths: Sequence[str]) -> List[Path]:
+    """Image files named directly, plus those found recursively in folders (sorted, by extension)."""
+    found: List[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob('*') if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                _logger.warning('no images (%s) in folder %s', ' '.join(IMAGE_EXTENSIONS), path)
+            found.extend(files)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise UserError(f"no such file or folder: {raw} (check the path)")
+    if not found:
+        raise UserError(f"no images found in {' '.join(paths)} (expected files ending in "
+                        f"{', '.join(IMAGE_EXTENSIONS)})")
+    return found
+
+
+def head_classes(state_dict: Dict[str, torch.Tensor], path: str) -> int:
+    """Number of classes of the checkpoint's classifier."""
+    for key, value in state_dict.items():
+        if _HEAD_KEY.match(key) and value.ndim == 2:
+            return int(value.shape[0])
+    raise UserError(f"{path} has no classifier head (head.weight): it is a backbone-only checkpoint, "
+                    f"predict needs a classification checkpoint")
+
+
+def create_with_weights(name: str, num_classes: int, state_dict: Dict[str, torch.Tensor], path: str) -> nn.Module:
+    """Build ``name`` on the meta device (skipping the random init, seconds on CPU) and adopt the checkpoint's
+    tensors as fp32 parameters; strict, like :func:`models.load_pretrained_file`."""
+    import timm
+    import torch
+
+    from models import checkpoint_filter_fn
+    with torch.device('meta'):
+        model = timm.create_model(name, num_classes=num_classes)
+    sd = checkpoint_filter_fn(state_dict, model, path=path)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a tensor not in the state dict
+        model = timm.create_model(name, num_classes=num_classes)
+        model.load_state_dict(sd, strict=True)
+    return model
+
+
+def build_model(name: str, checkpoint: Optional[str], use_ema: bool, allow_random: bool) -> nn.Module:
+    """Create ``name`` with the checkpoint's class count and load its weights strictly."""
+    import timm
+
+    import models  # noqa: F401  (registers the HorNet variants with timm)
+    from models import CheckpointError, safe_load
+    from models.weights import extract_state_dict
+    if name not in timm.list_models('hornet*'):
+        raise UserError(f"unknown model {name!r} (choose one of: {', '.join(timm.list_models('hornet*'))})")
+    if checkpoint is None:
+        if not allow_random:
+            raise UserError(NO_CHECKPOINT)
+        _logger.warning('no checkpoint: using random weights, predictions are meaningless')
+        return timm.create_model(name).eval()
+    try:
+        raw = safe_load(checkpoint)
+        sd = extract_state_dict(raw, use_ema=use_ema, path=checkpoint)
+        num_classes = head_classes(sd, checkpoint)
+        model = create_with_weights(name, num_classes, sd, checkpoint)
+    except CheckpointError as e:  # already one line naming the file and the fix
+        raise UserError(str(e)) from None
+    _logger.info('loaded %s (%d classes) from %s', name, num_classes, checkpoint)
+    return model.eval()
+
+
+def class_names(model: nn.Module, names_file: Optional[str]) -> List[str]:
+    """Names of the model's classes: from ``names_file``, timm's ImageNet tables, or the indices."""
+    n = int(model.num_classes)
+    if names_file:
+        try:
+            with open(names_file, encoding='utf-8') as f:
+                names = [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read --class_names {names_file}: {e.__class__.__name__}: {e}") from None
+        if len(names) != n:
+            raise UserError(f"--class_names {names_file} has {len(names)} names but the model has {n} classes "
+                            f"(give one name per line, in class-index order)")
+        return names
+    from timm.data import ImageNetInfo, infer_imagenet_subset
+    subset = infer_imagenet_subset(model) or ('imagenet-1k' if n == 1000 else None)
+    if subset:
+        info = ImageNetInfo(subset)
+        if info.num_classes() == n:
+            return [info.index_to_description(i) for i in range(n)]
+    _logger.info('head has %d classes (not ImageNet): printing class indices', n)
+    return [f'class {i}' for i in range(n)]
+
+
+def load_images(files: Sequence[Path], transform, skip_bad: bool) -> Iterator[Tuple[Path, torch.Tensor]]:
+    """Open and transform each image; an unreadable one raises a UserError naming it (or is skipped)."""
+    from PIL import Image
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                tensor = transform(img.convert('RGB'))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+            msg = f"cannot read image {path}: {' '.join(str(e).split())}"
+            if skip_bad:
+                _logger.warning('%s (skipped)', msg)
+                continue
+            raise UserError(f"{msg} (remove or re-save it, or pass --skip_bad)") from None
+        yield path, tensor
+
+
+def batched(items: Iterator[Tuple[Path, torch.Tensor]], size: int) -> Iterator[List[Tuple[Path, torch.Tensor]]]:
+    """Group an iterator into lists of ``size``."""
+    batch: List[Tuple[Path, torch.Tensor]] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def predict(args: argparse.Namespace) -> List[dict]:
+    """Run the model over all images; returns one record per image and prints a short table for each."""
+    if args.topk < 1 or args.batch_size < 1:
+        raise UserError('--topk and --batch_size must be >= 1')
+    if args.input_size is not None and args.input_size < 32:
+        raise UserError(f"--input_size {args.input_size} is too small (HorNet needs at least 32 pixels)")
+    files = find_images(args.paths)
+    if args.json and not Path(args.json).resolve().parent.is_dir():
+        raise UserError(f"cannot write --json {args.json}: its folder does not exist (create it first)")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        raise UserError(f"checkpoint not found: {args.checkpoint} (check the path)")
+    if args.checkpoint is None and not args.allow_random:
+        raise UserError(NO_CHECKPOINT)
+    import torch
+
+    model = build_model(args.model, args.checkpoint, args.use_ema, args.allow_random)
+    names = class_names(model, args.class_names)
+    try:
+        device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+        model.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise UserError(f"cannot use --device {args.device}: {' '.join(str(e).split())} (try --device cpu)") \
+            from None
+
+    from timm.data import create_transform, resolve_data_config
+    overrides = {'input_size': (3, args.input_size, args.input_size)} if args.input_size else {}
+    data_cfg = resolve_data_config(overrides, model=model)
+    transform = create_transform(**data_cfg, is_training=False)
+    _logger.info('eval transform: %s', data_cfg)
+
+    k = min(args.topk, len(names))
+    records: List[dict] = []
+    with torch.inference_mode():
+        for batch in batched(load_images(files, transform, args.skip_bad), args.batch_size):
+            x = torch.stack([t for _, t in batch]).to(device)
+            probs = model(x).float().softmax(dim=-1).cpu()
+            top_p, top_i = probs.topk(k, dim=-1)
+            for (path, _), ps, idx in zip(batch, top_p.tolist(), top_i.tolist()):
+                rec = {'path': str(path), 'topk': [
+                    {'index': i, 'label': names[i], 'prob': p} for p, i in zip(ps, idx)]}
+                records.append(rec)
+                print(path)
+                for rank, item in enumerate(rec['topk'], 1):
+                    print(f"  {rank}. {item['prob']:7.4f}  {item['label']} ({item['index']})")
+            sys.stdout.flush()
+    if not records:
+        raise UserError(f"none of the {len(files)} images could be read (see the warnings above)")
+    if args.json:
+        with open(args.json, 'w', encoding='utf-8') as f:
+            json.dump({'model': args.model, 'checkpoint': args.checkpoint, 'data_config': data_cfg,
+                       'predictions': records}, f, indent=1)
+        _logger.info('wrote %s', args.json)
+    return records
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point: returns the exit status; user errors are one line on stderr."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
+    for name in ('predict', 'models'):  # -v: our progress, not every library's INFO chatter
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    try:
+        predict(args)
+    except UserError as e:
+        print(f"predict.py: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('predict.py: interrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Tests of the user-facing tools: scripts/predict.py, scripts/export.py and scripts/plot_log.py.
+
+The command-line paths run the scripts in a subprocess (as a user would) on real files written to tmp_path;
+checkpoints are real hornet_tiny variants saved in the original release's format ({'model': sd}), evaluated at
+64x64 to stay fast on CPU. ONNX files are re-checked here with onnxruntime, independently of the script.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import timm  # noqa: E402
+
+import models  # noqa: E402,F401
+
+SIZE = 64
+GOLDEN_RETRIEVER = 207  # the class the test checkpoint is biased towards
+
+
+def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run ``python scripts/<name> args...`` from the repository root, as the docs say."""
+    return subprocess.run([sys.executable, f'scripts/{name}', *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+    """Non-zero exit, no traceback, exactly one line on stderr containing every needle."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert 'Traceback' not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def load_script(name: str):
+    """Import scripts/<name>.py as a module (for the in-process checks)."""
+    spec = importlib.util.spec_from_file_location(f'_tool_{name}', REPO / 'scripts' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def trained_like(name: str, num_classes: int = 1000, seed: int = 0) -> torch.nn.Module:
+    """A variant whose every branch matters: fresh init has layer scale 1e-6, which would hide the gnConv/GF
+    paths from an export check. Weights ~ N(0, 1/fan_in), layer scales 0.2-0.6, unit-variance GF filters."""
+    torch.manual_seed(seed)
+    model = timm.create_model(name, num_classes=num_classes).eval()
+    with torch.no_grad():
+        for key, p in model.named_parameters():
+            if key.endswith(('gamma1', 'gamma2')):
+                p.uniform_(0.2, 0.6)
+            elif key.endswith('complex_weight'):
+                p.normal_(0, 1.0)
+            elif p.ndim >= 2:
+                p.normal_(0, 1 / math.sqrt(p[0].numel()))
+    return model
+
+
+@pytest.fixture(scope='module')
+def ckpt_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp('ckpt')
+
+
+_MODELS: Dict[Path, torch.nn.Module] = {}  # checkpoint path -> the model saved there (reference for export)
+
+
+@pytest.fixture(scope='module')
+def tiny_7x7_ckpt(ckpt_dir) -> Iterator[Path]:
+    """hornet_tiny_7x7 in the original release's layout, with a head biased towards 'golden retriever'."""
+    model = trained_like('hornet_tiny_7x7')
+    with torch.no_grad():
+        model.head.bias[GOLDEN_RETRIEVER] += 10.0
+    path = ckpt_dir / 'hornet_tiny_7x7.pth'
+    torch.save({'model': model.state_dict(), 'epoch': 299}, path)
+    _MODELS[path] = model
+    yield path
+    path.unlink()  # ~90 MB each: do not leave them in pytest's kept temp folders
+    del _MODELS[path]
+
+
+@pytest.fixture(scope='module')
+def tiny_gf_ckpt(ckpt_dir) -> Iterator[Path]:
+    path = ckpt_dir / 'hornet_tiny_gf.pth'
+    model = trained_like('hornet_tiny_gf', seed=1)
+    torch.save({'model': model.state_dict()}, path)
+    _MODELS[path] = model
+    yield path
+    path.unlink()
+    del _MODELS[path]
+
+
+@pytest.fixture()
+def images(tmp_path) -> Dict[str, Path]:
+    """A PNG in a nested folder, a JPEG (odd size, grayscale) and a corrupt 'JPEG'."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    (tmp_path / 'photos' / 'nested').mkdir(parents=True)
+    png = tmp_path / 'photos' / 'nested' / 'a.png'
+    Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(png)
+    jpg = tmp_path / 'b.jpg'
+    Image.fromarray(rng.integers(0, 255, (50, 41), dtype=np.uint8), mode='L').save(jpg, quality=90)
+    (tmp_path / 'photos' / 'notes.txt').write_text('not an image, not picked up from the folder')
+    bad = tmp_path / 'corrupt.jpg'
+    bad.write_bytes(jpg.read_bytes()[:40])  # a truncated JPEG header
+    return {'png': png, 'jpg': jpg, 'folder': tmp_path / 'photos', 'bad': bad}
+
+
+# ---------------------------------------------------------------------------------------------------- predict
+
+def test_predict_prints_imagenet_top5(tmp_path, tiny_7x7_ckpt, images):
+    from timm.data import ImageNetInfo
+    out = tmp_path / 'preds.json'
+    proc = run_script('predict.py', '--model', 'hornet_tiny_7x7', '--checkpoint', tiny_7x7_ckpt, '--input_size',
+                      SIZE, '--json', out, images['folder'], images['jpg'])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ''
+    info = ImageNetInfo()
+    names = {info.index_to_description(i) for i in range(1000)}
+    preds = json.loads(out.read_text())['predictions']
+    assert [Path(p['path']).name for p in preds] == ['a.png', 'b.jpg']  # the .txt in the folder is ignored
+    for pred in preds:
+        top = pred['topk']
+        probs = [t['prob'] for t in top]
+        assert len(top) == 5
+        assert all(0 <= p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
+        assert probs == sorted(probs, reverse=True)
+        assert all(t['label'] in names for t in top)
+        assert top[0]['index'] == GOLDEN_RETRIEVER and top[0]['label'] == 'golden retriever'
+        assert pred['path'] in proc.stdout
+    assert proc.stdout.count('golden retriever') == 2
+
+
+def test_predict_other_head_uses_class_names(tmp_path, images, capsys):
+    ckpt = tmp_path / 'three.pth'
+    torch.save({'model': timm.create_model('hornet_tiny_7x7', num_classes=3).state_dict()}, ckpt)
+    predict = load_script('predict')
+    base = ['--checkpoint', str(ckpt), '--input_size', str(SIZE), str(images['png'])]
+    assert predict.main(base) == 0
+    out = capsys.readouterr().out
+    assert out.count('class ') == 3 and 'golden' not in out  # topk 5 clamped to the 3 classes, shown as indices
+    names = tmp_path / 'names.txt'
+    names.write_text('cat\ndog\nbird\n')
+    assert predict.main(base + ['--class_names', str(names), '--topk', '2']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and {lines[1].split()[-2], lines[2].split()[-2]} <= {'cat', 'dog', 'bird'}
+    names.write_text('cat\ndog\n')
+    assert predict.main(base + ['--class_names', str(names)]) != 0
+    assert 'has 2 names but the model has 3 classes' in capsys.readouterr().err
+    ckpt.unlink()
+
+
+def test_predict_without_checkpoint_is_an_error(images):
+    proc = run_script('predict.py', '--model', 'hornet_tiny_7x7', images['png'])
+    assert_one_line_error(proc, '--checkpoint', '--allow_random')
+    proc = run_script('predict.py', '--checkpoint', 'no/such/file.pth', images['png'])
+    assert_one_line_error(proc, 'no/such/file.pth')
+
+
+def test_predict_corrupt_image_names_the_file(tiny_7x7_ckpt, images):
+    proc = run_script('predict.py', '--checkpoint', tiny_7x7_ckpt, '--input_size', SIZE, images['png'], images['bad'])
+    assert_one_line_error(proc, str(images['bad']), '--skip_bad')
+
+
+# ---------------------------------------------------------------------------------------------------- export
+
+@pytest.mark.parametrize('name,dynamic', [('hornet_tiny_7x7', False), ('hornet_tiny_gf', True)])
+def test_export_onnx_matches_pytorch(tmp_path, request, name, dynamic):
+    ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
+    onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
+    ckpt = request.getfixturevalue('tiny_7x7_ckpt' if name.endswith('7x7') else 'tiny_gf_ckpt')
+    out = tmp_path / f'{name}.onnx'
+    args = ['--model', name, '--checkpoint', ckpt, '--output', out, '--input_size', SIZE]
+    proc = run_script('export.py', *args, *(['--dynamic_batch'] if dynamic else []))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert 'max abs diff' in proc.stdout and 'OK' in proc.stdout
+
+    graph = onnx.load(str(out))
+    assert not {n.op_type for n in graph.graph.node} & {'DFT', 'STFT'}  # the GF went through matmuls
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
+    assert bool(dims[0].dim_param) == dynamic
+
+    # independent check: reference = PyTorch fp32 eager, the model saved in the checkpoint, FFT path for the GF
+    model = _MODELS[ckpt]
+    assert {m.impl for m in model.modules() if isinstance(m, models.GlobalLocalFilter)} <= {'fft'}
+    x = torch.randn(3 if dynamic else 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(123))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    session = ort.InferenceSession(str(out), providers=['CPUExecutionProvider'])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    diff = float(np.abs(got - ref).max())
+    print(f'{name}: onnxruntime vs PyTorch max abs diff {diff:.3e} (max |logit| {np.abs(ref).max():.2f})')
+    del session
+    out.unlink()
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_export_mismatched_checkpoint_is_one_line(tmp_path, tiny_gf_ckpt, capsys):
+    export = load_script('export')
+    rc = export.main(['--model', 'hornet_tiny_7x7', '--checkpoint', str(tiny_gf_ckpt),
+                      '--output', str(tmp_path / 'x.onnx'), '--input_size', str(SIZE)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc != 0 and len(err) == 1 and 'looks like hornet_tiny_gf' in err[0]
+    assert not (tmp_path / 'x.onnx').exists()
+
+
+# ---------------------------------------------------------------------------------------------------- plot_log
+
+def write_log(path: Path, records: List[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(''.join(json.dumps(r) + '\n' for r in records))
+    return path
+
+
+def test_plot_log_two_runs(tmp_path):
+    full = [dict(epoch=e, train_lr=1e-3 * (e + 1), train_loss=6.9 - 0.3 * e, test_loss=6.5 - 0.3 * e,
+                 test_acc1=5.0 * e, test_acc5=8.0 * e, test_acc1_ema=4.5 * e, n_parameters=22_000_000)
+            for e in range(12)]
+    partial = [dict(epoch=e, train_lr=2e-3, train_loss=7.0 - 0.2 * e) for e in range(8)]  # no test keys
+    a = write_log(tmp_path / 'run_a' / 'log.txt', full)
+    b = write_log(tmp_path / 'run_b' / 'log.txt', partial)
+    (tmp_path / 'plots').mkdir()
+    out = tmp_path / 'plots' / 'curves.png'
+    proc = run_script('plot_log.py', a, b, '--output', out)
+    assert proc.returncode == 0, proc.stderr
+    assert 'wrote' in proc.stdout and '8 curves from 2 logs' in proc.stdout
+    data = out.read_bytes()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n' and len(data) > 20_000
+
+    plot_log = load_script('plot_log')
+    assert plot_log.labels_for([str(a), str(b)]) == ['run_a', 'run_b']
+
+
+def test_plot_log_bad_logs_are_one_line(tmp_path):
+    empty = tmp_path / 'empty' / 'log.txt'
+    empty.parent.mkdir()
+    empty.write_text('')
+    out = tmp_path / 'c.png'
+    assert_one_line_error(run_script('plot_log.py', empty, '--output', out), str(empty), 'empty')
+    bad = write_log(tmp_path / 'bad' / 'log.txt', [dict(epoch=0, train_loss=1.0)])
+    with bad.open('a') as f:
+        f.write('Epoch: [1] this is stdout, not log.txt\n')
+    assert_one_line_error(run_script('plot_log.py', bad, '--output', out), f'{bad}:2', 'JSON')
+    assert not out.exists()
