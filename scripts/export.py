@@ -155,7 +155,9 @@ def export(model: nn.Module, output: str, input_size: int, opset: int, dynamic_b
             with torch.no_grad():
                 fn(model, x, output, opset, dynamic_batch)
             return kind
-        except UserError as e:
+        except UserError as e:  # a missing package: say so plainly when it was the only exporter to try
+            if len(order) == 1:
+                raise
             errors.append(f"{kind}: {e}")
         except Exception as e:  # exporters raise many types; report the first line of each
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
