@@ -58,7 +58,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--epochs', default=300, type=int)
     p.add_argument('--update_freq', default=1, type=int, help='gradient accumulation steps')
     # model
-    p.add_argument('--model', default='hornet_tiny_7x7', type=str, metavar='MODEL')
+    p.add_argument('--model', default='hornet_tiny_gf', type=str, metavar='MODEL')
     p.add_argument('--drop_path', type=float, default=0, metavar='PCT', help='stochastic depth rate')
     p.add_argument('--input_size', default=224, type=int, help='image input size')
     p.add_argument('--layer_scale_init_value', default=1e-6, type=float)
@@ -102,7 +102,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--model_key', default='model|module', type=str)
     p.add_argument('--model_prefix', default='', type=str)
     # data
-    p.add_argument('--data_path', default='/datasets01/imagenet_full_size/061417/', type=str)
+    p.add_argument('--data_path', default='/path/to/dataset', type=str)
     p.add_argument('--eval_data_path', default=None, type=str)
     p.add_argument('--nb_classes', default=1000, type=int)
     p.add_argument('--imagenet_default_mean_and_std', type=str2bool, default=True)
@@ -132,7 +132,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--enable_wandb', type=str2bool, default=False)
     p.add_argument('--project', default='hornet', type=str)
     p.add_argument('--wandb_ckpt', type=str2bool, default=False)
-    p.add_argument('--exp_name', default='', type=str)
+    p.add_argument('--exp_name', default='default', type=str)
     # new in this project
     p.add_argument('--amp_dtype', default='float16', choices=AMP_DTYPES,
                    help='precision under --use_amp true: float16 (with loss scaling) or bfloat16')
@@ -201,7 +201,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.data_set == 'QUICKSTART' and args.data_path == parser.get_default('data_path'):
         args.data_path = os.path.join('.', 'data', 'quickstart')  # the original default is a cluster path
-    if args.data_set in ('image_folder', 'QUICKSTART') and args.nb_classes == parser.get_default('nb_classes'):
+    if args.data_set != 'IMNET' and args.nb_classes == parser.get_default('nb_classes'):
         args.nb_classes = None  # class count from the folders (an explicit --nb_classes is checked against them)
     validate_args(args)
     return args
@@ -406,13 +406,13 @@ def main(args: argparse.Namespace) -> int:
     if args.eval:
         ckpt = checkpoints.load_training_checkpoint(args.resume) if args.resume else None
         if ckpt is not None:
-            sd = checkpoint_filter_fn(ckpt['model'], model_without_ddp, path=args.resume)
+            sd = checkpoint_filter_fn(ckpt['model'], model_without_ddp, path=args.resume, allow_new_head=False)
             model_without_ddp.load_state_dict(sd, strict=True)
         stats = run_eval(model)
         result = {'checkpoint': args.resume or args.finetune, 'model': args.model, 'input_size': args.input_size,
                   **stats}
         if ckpt is not None and args.model_ema_eval and ckpt.get('model_ema') is not None:
-            sd = checkpoint_filter_fn(ckpt['model_ema'], model_without_ddp, path=args.resume)
+            sd = checkpoint_filter_fn(ckpt['model_ema'], model_without_ddp, path=args.resume, allow_new_head=False)
             model_without_ddp.load_state_dict(sd, strict=True)
             ema_stats = run_eval(model, header='Test (EMA):')
             result.update({f'{k}_ema': v for k, v in ema_stats.items()})
@@ -469,7 +469,7 @@ def main(args: argparse.Namespace) -> int:
         resume_path = str(found) if found else ''
     if resume_path:
         ck = checkpoints.load_training_checkpoint(resume_path)
-        sd = checkpoint_filter_fn(ck['model'], model_without_ddp, path=resume_path)
+        sd = checkpoint_filter_fn(ck['model'], model_without_ddp, path=resume_path, allow_new_head=False)
         model_without_ddp.load_state_dict(sd, strict=True)
         _logger.info('Resumed weights from %s', resume_path)
         if 'optimizer' in ck:
@@ -481,7 +481,7 @@ def main(args: argparse.Namespace) -> int:
                 scaler.load_state_dict(ck['scaler'])
             if model_ema is not None and ck.get('model_ema') is not None:
                 model_ema.module.load_state_dict(
-                    checkpoint_filter_fn(ck['model_ema'], model_ema.module, path=resume_path), strict=True)
+                    checkpoint_filter_fn(ck['model_ema'], model_ema.module, path=resume_path, allow_new_head=False), strict=True)
             if ck['epoch_complete']:
                 state.epoch, state.step_in_epoch = ck['epoch'] + 1, 0
             else:
@@ -530,7 +530,7 @@ def main(args: argparse.Namespace) -> int:
     wandb_run = None
     if args.enable_wandb and ds.is_main:
         import wandb
-        wandb_run = wandb.init(project=args.project, name=args.exp_name or None, config=vars(args))
+        wandb_run = wandb.init(project=args.project, name=args.exp_name, config=vars(args))
 
     def on_step(st: engine.TrainState) -> None:
         if tb is not None:
@@ -580,7 +580,7 @@ def main(args: argparse.Namespace) -> int:
             if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
                 save(epoch, epoch_complete=True)
                 if args.output_dir and ds.is_main:
-                    checkpoints.prune_checkpoints(args.output_dir, args.save_ckpt_num)
+                    checkpoints.prune_checkpoints(args.output_dir, args.save_ckpt_num, keep_every=50)  # as the original
             if args.output_dir and ds.is_main:
                 with open(os.path.join(args.output_dir, 'log.txt'), 'a') as f:
                     f.write(json.dumps(log_stats) + '\n')

@@ -47,7 +47,7 @@ def safe_load(path: str) -> Any:
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         msg = _short(e)
-        if 'Unsupported global' in msg or 'Weights only load failed' in msg or 'GLOBAL' in msg:
+        if 'Unsupported global' in msg or 'GLOBAL ' in msg:
             found = re.search(r'GLOBAL ([\w.]+)', msg)
             what = f" ({found.group(1)})" if found else ''
             raise CheckpointError(
@@ -124,12 +124,13 @@ def _resize_filter(w: torch.Tensor, size) -> torch.Tensor:
     return w2.permute(1, 2, 3, 0).to(w.dtype).contiguous()
 
 
-def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module, path: str = '<checkpoint>'
-                         ) -> Dict[str, torch.Tensor]:
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module, path: str = '<checkpoint>',
+                         allow_new_head: bool = True) -> Dict[str, torch.Tensor]:
     """Turn any supported checkpoint into a state dict that ``model.load_state_dict(strict=True)`` accepts.
 
     GF filters of another resolution are interpolated (as the original does at run time); a classifier of
-    another class count is replaced by the model's own with a warning. Any other missing, unexpected or
+    another class count is replaced by the model's own with a warning (unless ``allow_new_head`` is False, as
+    for resuming or evaluating, where it is an error). Any other missing, unexpected or
     mis-shaped key raises :class:`CheckpointError` naming it.
     """
     sd = _convert_keys(extract_state_dict(state_dict, path=path))
@@ -144,7 +145,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module, path: 
 
     ck_head = sd.get('head.weight')
     if ck_head is not None and head_keys and ck_head.shape != target['head.weight'].shape \
-            and ck_head.ndim == 2 and ck_head.shape[1] == target['head.weight'].shape[1]:
+            and ck_head.ndim == 2 and ck_head.shape[1] == target['head.weight'].shape[1] and allow_new_head:
         _logger.warning('Checkpoint classifier has %d classes, model has %d: keeping the model\'s new head',
                         ck_head.shape[0], target['head.weight'].shape[0])
         for k in head_keys:
