@@ -103,6 +103,15 @@ def init_distributed(device: str, dist_url: str = 'env://', world_size: int = 1,
                       timeout=datetime.timedelta(seconds=timeout_s))
         if backend == 'nccl':
             kwargs['device_id'] = dev
+        restart = _env_int('TORCHELASTIC_RESTART_COUNT') or 0
+        if dist_url == 'env://' and restart > 0 and os.environ.get('TORCHELASTIC_USE_AGENT_STORE') == 'True':
+            # torchrun --max-restarts with its agent's store (static --master_port, or c10d sharing its store):
+            # the store outlives the dead workers and keeps their addresses, which restarted workers would read
+            # and hang on; a per-restart key prefix keeps each attempt's keys apart
+            store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']), world, is_master=False,
+                                  timeout=datetime.timedelta(seconds=timeout_s))
+            kwargs.pop('init_method')
+            kwargs['store'] = dist.PrefixStore(f'hornet/restart_{restart}', store)
         dist.init_process_group(**kwargs)
     _STATE = DistState(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend if world > 1 else None)
     return _STATE
@@ -238,6 +247,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self.received: set = set()   # every signal seen (SIGTERM then SIGUSR2 must still read as SIGUSR2)
         self._previous: Dict[int, object] = {}
 
     @property
@@ -246,12 +256,14 @@ class StopRequest:
 
     def request(self, signum: int = signal.SIGTERM) -> None:
         self.signum = signum
+        self.received.add(signum)
 
     def _handler(self, signum, frame) -> None:  # noqa: ARG002
         if self.signum is None:
             _logger.warning('Received %s: will save a checkpoint at the next step and stop',
                             signal.Signals(signum).name)
         self.signum = signum
+        self.received.add(signum)
 
     def install(self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGUSR2)) -> None:
         for s in signals:
