@@ -491,8 +491,20 @@ def main(args: argparse.Namespace) -> int:
             state.ema_updates = ck.get('ema_updates') or 0
             state.max_accuracy = ck.get('max_accuracy') or 0.0
             state.max_accuracy_ema = ck.get('max_accuracy_ema') or 0.0
-            if ck.get('rng') is not None and ck.get('args', {}).get('seed') == args.seed:
+            per_rank = ck.get('rng_per_rank')
+            if ck.get('args', {}).get('seed') != args.seed:
+                _logger.info('--seed differs from the checkpoint: random streams are not restored')
+            elif isinstance(per_rank, list) and len(per_rank) == ds.world_size:
+                checkpoints.set_rng_state(per_rank[ds.rank])
+            elif ck.get('rng') is not None and ds.world_size == 1:
                 checkpoints.set_rng_state(ck['rng'])
+            else:  # saved with another process count: reseed per rank from (seed, rank, step)
+                _logger.warning('Checkpoint RNG states do not match %d processes: reseeding from the global step; '
+                                'the run continues correctly but not bitwise as an uninterrupted one',
+                                ds.world_size)
+                torch.manual_seed(args.seed + ds.rank + 1000003 * state.global_step)
+                random.seed(args.seed + ds.rank + 1000003 * state.global_step)
+                np.random.seed((args.seed + ds.rank + 1000003 * state.global_step) % 2 ** 32)
             _logger.info('Resuming at epoch %d, step %d of the epoch (global step %d)', state.epoch,
                          state.step_in_epoch, state.global_step)
 
@@ -507,10 +519,19 @@ def main(args: argparse.Namespace) -> int:
             'max_accuracy_ema': state.max_accuracy_ema,
         }
 
-    def save(name, epoch_complete: bool, weights_only_sd=None) -> None:
-        if not (args.output_dir and args.save_ckpt and ds.is_main):
+    def save(name, epoch_complete: bool) -> None:
+        """Called on every rank (the RNG states of all ranks are gathered); rank 0 writes."""
+        if not (args.output_dir and args.save_ckpt):
+            return
+        rngs = [checkpoints.rng_state()]
+        if ds.distributed:
+            rngs = [None] * ds.world_size
+            torch.distributed.all_gather_object(rngs, checkpoints.rng_state())
+        if not ds.is_main:
             return
         snap = snapshot(epoch_complete)
+        snap['rng'] = rngs[0]
+        snap['rng_per_rank'] = rngs
         path = checkpoints.save_training_checkpoint(args.output_dir, name, snap)
         if args.save_safetensors:
             from safetensors.torch import save_file
@@ -564,8 +585,7 @@ def main(args: argparse.Namespace) -> int:
                     ema_stats = run_eval(model_ema.module, header='Test (EMA):')
                     if ema_stats['acc1'] > state.max_accuracy_ema:
                         state.max_accuracy_ema = ema_stats['acc1']
-                        if args.output_dir and args.save_ckpt and ds.is_main:
-                            save('best-ema', epoch_complete=True)
+                        save('best-ema', epoch_complete=True)
                     log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
                 if tb is not None:
                     for k in ('acc1', 'acc5', 'loss'):

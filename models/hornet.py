@@ -79,7 +79,8 @@ def _irdft_mats(n: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
 def global_filter_fft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Reference path of the original: rfft2 (ortho) * complex filter, irfft2. Always computed in fp32."""
     h, w = x.shape[-2:]
-    with torch.autocast(device_type=x.device.type, enabled=False):
+    dev = x.device.type if x.device.type in ('cuda', 'cpu', 'xpu', 'mps') else 'cpu'  # e.g. meta for FLOP counts
+    with torch.autocast(device_type=dev, enabled=False):
         xf = torch.fft.rfft2(x.float(), dim=(2, 3), norm='ortho')
         xf = xf * torch.view_as_complex(weight.float().contiguous())
         return torch.fft.irfft2(xf, s=(h, w), dim=(2, 3), norm='ortho')

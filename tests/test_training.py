@@ -270,7 +270,7 @@ def _popen(argv):
 
 
 @pytest.mark.parametrize('sig,when', [(signal.SIGKILL, 'Epoch: [1] [ 5/'), (signal.SIGTERM, 'Epoch: [1] [ 6/'),
-                                      (signal.SIGKILL, 'Saved')])
+                                      (signal.SIGKILL, 'checkpoint-0.pth (epoch')])
 def test_resume_after_kill_is_bitwise_identical(tmp_path, data, reference_run, sig, when):
     out = tmp_path / 'run'
     argv = base_args(data, out, epochs=3, num_workers=2, model_ema='true', print_freq=1)
