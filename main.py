@@ -174,8 +174,10 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]
         try:
             if value is None:
                 out[key] = None
-            elif action.nargs in ('+', '*'):
+            elif action.nargs in ('+', '*') or isinstance(action.nargs, int):
                 items = value if isinstance(value, list) else [value]
+                if isinstance(action.nargs, int) and len(items) != action.nargs:
+                    raise ValueError(f"expected a list of {action.nargs} values")
                 out[key] = [action.type(str(v)) if action.type else v for v in items]
             elif isinstance(value, (list, dict)):
                 raise ValueError(f"expected a single value, got {type(value).__name__}")
