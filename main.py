@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -191,9 +191,9 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]
     return out
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """CLI + optional YAML (``--config``), parsed once and validated once."""
-    parser = get_args_parser()
+def read_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """CLI + optional YAML (``--config``: defaults, CLI wins) through ``parser``, with the data-set defaults
+    resolved; shared with run_with_submitit.py, whose parser extends this one."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('--config', default=None)
@@ -204,7 +204,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if args.data_set == 'QUICKSTART' and args.data_path == parser.get_default('data_path'):
         args.data_path = os.path.join('.', 'data', 'quickstart')  # the original default is a cluster path
     if args.data_set != 'IMNET' and args.nb_classes == parser.get_default('nb_classes'):
-        args.nb_classes = None  # class count from the folders (an explicit --nb_classes is checked against them)
+        args.nb_classes = None  # class count from the data (an explicit --nb_classes is checked against it)
+    return args
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """CLI + optional YAML (``--config``), parsed once and validated once."""
+    args = read_flags(get_args_parser(), argv)
     validate_args(args)
     return args
 

@@ -100,17 +100,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """CLI + optional YAML (``--config``, which may hold the SLURM flags too), validated as main.py does."""
     from errors import UserError
     parser = get_args_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument('--config', default=None)
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        parser.set_defaults(**hornet_main._yaml_defaults(parser, known.config))
-    args = parser.parse_args(argv)
-    if args.data_set == 'QUICKSTART' and args.data_path == parser.get_default('data_path'):
-        args.data_path = os.path.join('.', 'data', 'quickstart')
-    if args.data_set in ('image_folder', 'QUICKSTART') and args.nb_classes == parser.get_default('nb_classes'):
-        args.nb_classes = None
+    args = hornet_main.read_flags(parser, argv)
 
     cpu = args.device == 'cpu'
     if args.nodes < 1:

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ['CheckpointError', 'safe_load', 'extract_state_dict', 'checkpoint_filter_fn', 'load_pretrained_file',
-           'guess_variant']
+           'guess_variant', 'create_model_with_weights']
 
 _logger = logging.getLogger(__name__)
 
@@ -46,9 +46,9 @@ def safe_load(path: str) -> Any:
         with torch.serialization.safe_globals([argparse.Namespace]):
             return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
-        msg = _short(e)
-        if 'Unsupported global' in msg or 'GLOBAL ' in msg:
-            found = re.search(r'GLOBAL ([\w.]+)', msg)
+        msg, full = _short(e), str(e)
+        if 'Unsupported global' in full or 'GLOBAL ' in full:
+            found = re.search(r'GLOBAL ([\w.]+)', full)
             what = f" ({found.group(1)})" if found else ''
             raise CheckpointError(
                 f"refusing to load {path}: it contains pickled code objects{what} that could run code; "
@@ -178,3 +178,18 @@ def load_pretrained_file(model: nn.Module, path: str, use_ema: bool = False) -> 
     sd = checkpoint_filter_fn(sd, model, path=path)
     model.load_state_dict(sd, strict=True)
     _logger.info('Loaded weights from %s', path)
+
+
+def create_model_with_weights(name: str, num_classes: int, state_dict: Mapping[str, Any], path: str) -> nn.Module:
+    """Build registered model ``name`` on the meta device (skipping the random init, seconds on CPU) and adopt the
+    checkpoint's tensors as fp32 parameters, strictly (see :func:`checkpoint_filter_fn`)."""
+    import timm
+    with torch.device('meta'):
+        model = timm.create_model(name, num_classes=num_classes)
+    sd = checkpoint_filter_fn(state_dict, model, path=path)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a tensor not in the state dict
+        model = timm.create_model(name, num_classes=num_classes)
+        model.load_state_dict(sd, strict=True)
+    return model

@@ -59,24 +59,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def create_with_weights(name: str, num_classes: int, state_dict: Dict[str, torch.Tensor], path: str) -> nn.Module:
-    """Build ``name`` on the meta device (skipping the random init, seconds on CPU) and adopt the checkpoint's
-    tensors as fp32 parameters; strict, like :func:`models.load_pretrained_file`."""
-    import timm
-    import torch
-
-    from models import checkpoint_filter_fn
-    with torch.device('meta'):
-        model = timm.create_model(name, num_classes=num_classes)
-    sd = checkpoint_filter_fn(state_dict, model, path=path)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a tensor not in the state dict
-        model = timm.create_model(name, num_classes=num_classes)
-        model.load_state_dict(sd, strict=True)
-    return model
-
-
 def build_model(name: str, checkpoint: Optional[str], use_ema: bool) -> nn.Module:
     """Create ``name`` with the checkpoint's class count (0 for a backbone-only file) and load it strictly."""
     import timm
@@ -96,7 +78,8 @@ def build_model(name: str, checkpoint: Optional[str], use_ema: bool) -> nn.Modul
         num_classes = int(heads[0].shape[0]) if heads and heads[0].ndim == 2 else 0
         if num_classes == 0:
             _logger.warning('%s has no classifier head: exporting the pooled features', checkpoint)
-        model = create_with_weights(name, num_classes, sd, checkpoint)
+        from models.weights import create_model_with_weights
+        model = create_model_with_weights(name, num_classes, sd, checkpoint)
     except CheckpointError as e:  # already one line naming the file and the fix
         raise UserError(str(e)) from None
     return model.eval()

@@ -88,24 +88,6 @@ def head_classes(state_dict: Dict[str, torch.Tensor], path: str) -> int:
                     f"predict needs a classification checkpoint")
 
 
-def create_with_weights(name: str, num_classes: int, state_dict: Dict[str, torch.Tensor], path: str) -> nn.Module:
-    """Build ``name`` on the meta device (skipping the random init, seconds on CPU) and adopt the checkpoint's
-    tensors as fp32 parameters; strict, like :func:`models.load_pretrained_file`."""
-    import timm
-    import torch
-
-    from models import checkpoint_filter_fn
-    with torch.device('meta'):
-        model = timm.create_model(name, num_classes=num_classes)
-    sd = checkpoint_filter_fn(state_dict, model, path=path)
-    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
-    model.load_state_dict(sd, strict=True, assign=True)
-    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a tensor not in the state dict
-        model = timm.create_model(name, num_classes=num_classes)
-        model.load_state_dict(sd, strict=True)
-    return model
-
-
 def build_model(name: str, checkpoint: Optional[str], use_ema: bool, allow_random: bool) -> nn.Module:
     """Create ``name`` with the checkpoint's class count and load its weights strictly."""
     import timm
@@ -124,7 +106,8 @@ def build_model(name: str, checkpoint: Optional[str], use_ema: bool, allow_rando
         raw = safe_load(checkpoint)
         sd = extract_state_dict(raw, use_ema=use_ema, path=checkpoint)
         num_classes = head_classes(sd, checkpoint)
-        model = create_with_weights(name, num_classes, sd, checkpoint)
+        from models.weights import create_model_with_weights
+        model = create_model_with_weights(name, num_classes, sd, checkpoint)
     except CheckpointError as e:  # already one line naming the file and the fix
         raise UserError(str(e)) from None
     _logger.info('loaded %s (%d classes) from %s', name, num_classes, checkpoint)

@@ -2,7 +2,7 @@
 
 Use it from any test module with::
 
-    from tests.slurm_fixture import slurm_cluster, make_executor, wait_until  # noqa: F401
+    # the slurm_cluster fixture is registered in tests/conftest.py; helpers: from tests.slurm_fixture import make_executor, wait_until
 
     def test_something(slurm_cluster, tmp_path):
         executor = make_executor(tmp_path, nodes=2, tasks_per_node=1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests import slurm_jobs
-from tests.slurm_fixture import make_executor, slurm_cluster, wait_until  # noqa: F401  (fixture import)
+from tests.slurm_fixture import make_executor, wait_until  # slurm_cluster comes from conftest.py
 
 
 def _state(job) -> str:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import run_with_submitit as rws
-from tests.slurm_fixture import slurm_cluster, wait_until  # noqa: F401  (fixture import)
+from tests.slurm_fixture import wait_until  # slurm_cluster comes from conftest.py
 from tests.train_helpers import load_model_sd, make_image_folder
 
 EPOCHS = 2
