@@ -280,7 +280,7 @@ STOP = StopRequest()
 
 # ---------------------------------------------------------------------------------------------- flops
 def count_flops(model: torch.nn.Module, input_size: int, in_chans: int = 3) -> float:
-    """Multiply-adds (the paper's "FLOPs") of one image, counted by torch's FlopCounterMode with FFTs included.
+    """Multiply-adds (the paper's "FLOPs") of one image: torch's FlopCounterMode count (2 per MAC) / 2, FFTs included.
 
     Runs on a throw-away meta-device copy, so it costs no memory and no compute.
     """
@@ -294,31 +294,39 @@ def count_flops(model: torch.nn.Module, input_size: int, in_chans: int = 3) -> f
     return counter.get_total_flops() / 2.0
 
 
-def fft_flop_formulas() -> dict:
-    """FlopCounterMode formulas for rfft2/irfft2 (5/2 N log2 N real FLOPs per complex transform of length N,
-    halved for real-input/output transforms), so Global Filter models are not under-counted."""
+def _fft_points(shape: Sequence[int], dims: Sequence[int]) -> int:
     import math
+    return math.prod(int(shape[d]) for d in dims)
+
+
+def _radix2(n: int) -> float:
+    """5 N log2 N: real FLOPs of one complex N-point FFT (Cooley-Tukey radix-2 estimate; 0 for N <= 1)."""
+    import math
+    return 5.0 * n * math.log2(n) if n > 1 else 0.0
+
+
+def fft_r2c_flop(x_shape, dim, normalization, onesided, *args, out_shape=None, **kwargs) -> int:
+    """Real-to-complex FFT over ``dim``: 2.5 N log2 N FLOPs per transform, N = prod of the real input's sizes."""
+    import math
+    n = _fft_points(x_shape, dim)
+    return int(round(0.5 * _radix2(n) * (math.prod(x_shape) // max(n, 1))))
+
+
+def fft_c2r_flop(x_shape, dim, normalization, last_dim_size, *args, out_shape=None, **kwargs) -> int:
+    """Complex-to-real (inverse) FFT: 2.5 N log2 N FLOPs per transform, N = prod of the real output's sizes."""
+    import math
+    n = _fft_points(out_shape, dim)
+    return int(round(0.5 * _radix2(n) * (math.prod(out_shape) // max(n, 1))))
+
+
+def fft_c2c_flop(x_shape, dim, normalization, forward, *args, out_shape=None, **kwargs) -> int:
+    """Complex-to-complex FFT: 5 N log2 N FLOPs per transform."""
+    import math
+    n = _fft_points(x_shape, dim)
+    return int(round(_radix2(n) * (math.prod(x_shape) // max(n, 1))))
+
+
+def fft_flop_formulas() -> dict:
+    """FlopCounterMode formulas for the FFTs torch does not count (input layout B, C, H, W; N = H*W points)."""
     aten = torch.ops.aten
-
-    def _fft(in_shape, out_shape, dims, real: bool) -> int:
-        shape = out_shape if not real else in_shape
-        n_total = 1
-        for s in shape:
-            n_total *= s
-        flops = 0.0
-        for d in dims:
-            n = shape[d]
-            if n > 1:
-                flops += 2.5 * n_total * math.log2(n) * (0.5 if real else 1.0)
-        return int(flops)
-
-    def r2c(x_shape, dim, *args, out_shape=None, **kwargs):
-        return _fft(list(x_shape), list(out_shape), dim, True)
-
-    def c2r(x_shape, dim, *args, out_shape=None, **kwargs):
-        return _fft(list(out_shape), list(out_shape), dim, True)
-
-    def c2c(x_shape, dim, *args, out_shape=None, **kwargs):
-        return _fft(list(x_shape), list(out_shape), dim, False)
-
-    return {aten._fft_r2c: r2c, aten._fft_c2r: c2r, aten._fft_c2c: c2c}
+    return {aten._fft_r2c: fft_r2c_flop, aten._fft_c2r: fft_c2r_flop, aten._fft_c2c: fft_c2c_flop}

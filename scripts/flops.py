@@ -53,34 +53,8 @@ MMPRETRAIN_FLOPS_224: Dict[str, int] = {
     'hornet_base_7x7': 15582677376, 'hornet_base_gf': 15423308992,
 }
 FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
-
-
-def _fft_points(shape: Sequence[int], dims: Sequence[int]) -> int:
-    return math.prod(int(shape[d]) for d in dims)
-
-
-def _radix2(n: int) -> float:
-    """5 N log2 N: real FLOPs of one complex N-point FFT (Cooley-Tukey radix-2 estimate; 0 for N <= 1)."""
-    return 5.0 * n * math.log2(n) if n > 1 else 0.0
-
-
-def fft_r2c_flop(x_shape, dim, normalization, onesided, *args, out_shape=None, **kwargs) -> int:
-    """Real-to-complex FFT over ``dim``: 2.5 N log2 N FLOPs per transform, N = prod of the real input's sizes."""
-    n = _fft_points(x_shape, dim)
-    return int(round(0.5 * _radix2(n) * (math.prod(x_shape) // max(n, 1))))
-
-
-def fft_c2r_flop(x_shape, dim, normalization, last_dim_size, *args, out_shape=None, **kwargs) -> int:
-    """Complex-to-real (inverse) FFT: 2.5 N log2 N FLOPs per transform, N = prod of the real output's sizes."""
-    n = _fft_points(out_shape, dim)
-    return int(round(0.5 * _radix2(n) * (math.prod(out_shape) // max(n, 1))))
-
-
-def fft_c2c_flop(x_shape, dim, normalization, forward, *args, out_shape=None, **kwargs) -> int:
-    """Complex-to-complex FFT: 5 N log2 N FLOPs per transform."""
-    n = _fft_points(x_shape, dim)
-    return int(round(_radix2(n) * (math.prod(x_shape) // max(n, 1))))
-
+# one definition of the FFT formulas, shared with main.py's start-up FLOP count
+from utils import _fft_points, _radix2, fft_c2c_flop, fft_c2r_flop, fft_r2c_flop  # noqa: E402,F401
 
 FFT_FLOP_MAPPING: Dict[Any, Callable[..., int]] = {
     aten._fft_r2c: fft_r2c_flop,
