@@ -1,0 +1,767 @@
+#!/usr/bin/env python3
+"""Training / inference throughput and peak memory of HorNet against peers, or data-pipeline throughput.
+
+``--mode model`` (default) builds every model x setting combination ("case") once, warms each up, then runs
+``--repeats`` rounds; in every round each case is timed once (training: ``--iters`` steps of forward, backward
+and AdamW on one fixed batch; inference: ``--iters`` forward passes under ``torch.inference_mode``). Cases
+alternate inside a round (and the order flips every other round) so machine-load drift hits all of them alike;
+medians, min/max and IQR over rounds are reported, and each case's per-round ratio to a baseline case.
+
+Peak memory is measured on a separate, untimed step per case:
+  * CUDA: ``torch.cuda.max_memory_allocated`` during the step minus the allocation before it, plus this case's
+    parameters and optimizer state (what a process holding only this model would report).
+  * CPU: peak resident set size (RSS, ``/proc/self/statm`` sampled every 1 ms by a thread) during the step minus
+    RSS just before it (after ``gc.collect()`` and glibc ``malloc_trim(0)``), plus parameters and optimizer state.
+
+``--mode data`` times the training transform (this project's ``datasets.build_transform``, i.e. timm
+``create_transform`` with RandAugment rand-m9-mstd0.5-inc1, color jitter 0.4, bicubic RandomResizedCrop, random
+erasing 0.25, as the original recipe) through a DataLoader for each ``--workers`` count on ``--data_path`` (an
+ImageFolder) or on a generated folder of random JPEGs.
+
+Examples::
+
+    python scripts/benchmark.py --device cpu --batch_size 16 --repeats 5 --json cpu.json
+    python scripts/benchmark.py --models hornet_tiny_7x7 orig:hornet_tiny_7x7 --original /tmp/orig/hornet.py
+    python scripts/benchmark.py --device cuda --dtype fp32 bf16 fp16 --channels_last off on --compile off on
+    python scripts/benchmark.py --mode data --workers 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import difflib
+import gc
+import importlib.util
+import io
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from functools import partial
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from errors import UserError  # noqa: E402
+
+_logger = logging.getLogger('benchmark')
+
+DEFAULT_MODELS = ('hornet_tiny_7x7', 'hornet_tiny_gf', 'convnext_tiny', 'swin_tiny_patch4_window7_224')
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16}
+ORIG_PREFIX = 'orig:'
+IMG_EXTS = ('.jpg', '.jpeg', '.png', '.bmp', '.webp', '.ppm', '.tif', '.tiff')
+
+
+# --------------------------------------------------------------------------------------------- statistics
+def summarize(values: Sequence[float]) -> Dict[str, Optional[float]]:
+    """Median, min, max and inter-quartile range of per-repeat values."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return dict(median=None, min=None, max=None, q1=None, q3=None, iqr=None)
+    if len(vals) >= 2:
+        q1, _, q3 = statistics.quantiles(vals, n=4, method='inclusive')
+    else:
+        q1 = q3 = vals[0]
+    return dict(median=statistics.median(vals), min=min(vals), max=max(vals), q1=q1, q3=q3, iqr=q3 - q1)
+
+
+# ------------------------------------------------------------------------------------------------ memory
+_PAGE = os.sysconf('SC_PAGE_SIZE') if hasattr(os, 'sysconf') else 4096
+
+
+def _rss_bytes() -> Optional[int]:
+    try:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+class PeakRSS:
+    """Context manager: peak RSS above the RSS at entry, sampled by a thread every ``interval`` seconds.
+
+    Falls back to the growth of ``ru_maxrss`` (a process-lifetime high-water mark) where /proc is missing."""
+
+    method = 'rss_sampled_1ms_minus_baseline'
+
+    def __init__(self, interval: float = 0.001):
+        self.interval = interval
+        self.peak_delta = 0
+        self._stop = threading.Event()
+        self._peak = 0
+        self._thread: Optional[threading.Thread] = None
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            v = _rss_bytes() or 0
+            if v > self._peak:
+                self._peak = v
+            time.sleep(self.interval)
+
+    def __enter__(self) -> 'PeakRSS':
+        gc.collect()
+        _malloc_trim()
+        self._base = _rss_bytes()
+        if self._base is None:
+            import resource
+            self.method = 'ru_maxrss_growth'
+            self._base_max = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else:
+            self._peak = self._base
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, _rss_bytes() or 0)
+            self.peak_delta = self._peak - self._base
+        else:
+            import resource
+            self.peak_delta = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - self._base_max
+
+
+@contextlib.contextmanager
+def cuda_peak(device: torch.device) -> Iterator[Dict[str, int]]:
+    """Yield a dict that gets ``peak_delta``: max allocated during the block minus allocated before it."""
+    out: Dict[str, int] = {}
+    torch.cuda.synchronize(device)
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    yield out
+    torch.cuda.synchronize(device)
+    out['peak_delta'] = torch.cuda.max_memory_allocated(device) - before
+
+
+# ------------------------------------------------------------------------------------------------ models
+def load_original_module(path: str) -> Any:
+    """Import the original release's ``hornet.py`` from a file, without letting it touch timm's registry
+    (its ``@register_model`` would overwrite this project's variants of the same names)."""
+    if not os.path.isfile(path):
+        raise UserError(f"--original {path}: file not found (point it at the original release's hornet.py)")
+    import timm.models._registry as registry
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        import timm.models.registry as old_registry  # the deprecated path the original imports from
+    spec = importlib.util.spec_from_file_location('hornet_original_release', path)
+    mod = importlib.util.module_from_spec(spec)
+    saved = (old_registry.register_model, registry.register_model)
+    old_registry.register_model = registry.register_model = lambda fn: fn
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            spec.loader.exec_module(mod)
+    except Exception as e:  # any import-time failure of foreign code becomes one line
+        raise UserError(f"--original {path}: cannot import it ({type(e).__name__}: {e})") from None
+    finally:
+        old_registry.register_model, registry.register_model = saved
+    for attr in ('HorNet', 'Block', 'gnconv'):
+        if not hasattr(mod, attr):
+            raise UserError(f"--original {path}: no {attr} defined; is this the original HorNet hornet.py?")
+    return mod
+
+
+def build_original(mod: Any, name: str) -> nn.Module:
+    """HorNet-T 7x7 exactly as the original README builds it; other names through the file's own factories."""
+    with contextlib.redirect_stdout(io.StringIO()):  # its gnconv prints a line per block
+        if name == 'hornet_tiny_7x7':
+            s = 1.0 / 3.0
+            return mod.HorNet(depths=[2, 3, 18, 2], base_dim=64, block=mod.Block, gnconv=[
+                partial(mod.gnconv, order=2, s=s), partial(mod.gnconv, order=3, s=s),
+                partial(mod.gnconv, order=4, s=s), partial(mod.gnconv, order=5, s=s)])
+        factory = getattr(mod, name, None)
+        if not callable(factory):
+            raise UserError(f"{ORIG_PREFIX}{name}: the original file defines no factory {name}()")
+        return factory()
+
+
+def build_model(name: str, input_size: int, gf_impl: str, original: Any = None) -> nn.Module:
+    """A model by timm name (ours: ``hornet_*``), or ``orig:<name>`` from the original release file."""
+    if name.startswith(ORIG_PREFIX):
+        return build_original(original, name[len(ORIG_PREFIX):])
+    import timm
+    kwargs: Dict[str, Any] = {}
+    default = timm.models.get_pretrained_cfg(name)
+    default_size = (default.input_size[-1] if default is not None and default.input_size else 224)
+    if input_size != default_size and not name.startswith('hornet_'):
+        kwargs['img_size'] = input_size  # ViT/Swin-style models fix their grid at construction
+    try:
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    except TypeError:
+        model = timm.create_model(name, pretrained=False)
+    if hasattr(model, 'set_gf_impl'):
+        model.set_gf_impl(gf_impl)
+    return model
+
+
+def check_models(names: Sequence[str], original_path: Optional[str]) -> None:
+    """One-line UserError for names that cannot be built, with close matches."""
+    import timm
+    import models
+    avail = list(models.HORNET_VARIANTS) + [n for n in timm.list_models() if n not in models.HORNET_VARIANTS]
+    avail_set = set(avail)
+    for name in names:
+        if name.startswith(ORIG_PREFIX):
+            base = name[len(ORIG_PREFIX):]
+            if not original_path:
+                raise UserError(f"{name} needs --original PATH/to/original/hornet.py")
+            if base not in models.HORNET_VARIANTS:
+                close = difflib.get_close_matches(base, models.HORNET_VARIANTS, n=3, cutoff=0.5)
+                hint = f"; did you mean: {', '.join(ORIG_PREFIX + c for c in close)}" if close else ''
+                raise UserError(f"unknown original model {name!r}{hint}")
+        elif name not in avail_set:
+            close = difflib.get_close_matches(name, avail, n=5, cutoff=0.5)
+            hint = f"; did you mean: {', '.join(close)}" if close else ''
+            raise UserError(f"unknown model {name!r}{hint}")
+
+
+def has_global_filter(model: nn.Module) -> bool:
+    return hasattr(model, 'set_gf_impl') and any(hasattr(m, 'complex_weight') for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------------- cases
+class Case:
+    """One model under one setting, with its optimizer, fixed batch and step functions."""
+
+    def __init__(self, name: str, dtype: str, channels_last: bool, compile_: bool, gf_impl: Optional[str],
+                 args: argparse.Namespace, device: torch.device, original: Any):
+        self.name, self.dtype, self.channels_last, self.compile, self.gf_impl = (
+            name, dtype, channels_last, compile_, gf_impl)
+        self.device = device
+        self.batch = args.batch_size
+        self.error: Optional[str] = None
+        self.train_s: List[float] = []
+        self.infer_s: List[float] = []
+        self.train_cpu: List[float] = []  # images per process CPU-second (all threads): less load-sensitive
+        self.infer_cpu: List[float] = []
+        self.mem: Dict[str, Any] = {}
+        self.profile: List[Dict[str, Any]] = []
+        torch.manual_seed(args.seed)
+        model = build_model(name, args.input_size, gf_impl or 'fft', original).to(device)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.model = model.to(memory_format=fmt)
+        self.params = sum(p.numel() for p in model.parameters())
+        self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
+        self.x = self.x.contiguous(memory_format=fmt)
+        num_classes = getattr(model, 'num_classes', 1000) or 1000
+        self.y = torch.randint(0, num_classes, (args.batch_size,), device=device)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        use_scaler = dtype == 'fp16' and device.type == 'cuda'
+        self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
+        self.fwd: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile_ else model
+
+    @property
+    def label(self) -> str:
+        parts = [self.name, self.dtype, 'cl' if self.channels_last else 'nchw']
+        if self.compile:
+            parts.append('compile')
+        if self.gf_impl:
+            parts.append(f'gf={self.gf_impl}')
+        return ' '.join(parts)
+
+    def key(self) -> Dict[str, Any]:
+        return dict(model=self.name, dtype=self.dtype, channels_last=self.channels_last, compile=self.compile,
+                    gf_impl=self.gf_impl)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == 'fp32':
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=DTYPES[self.dtype])
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def train_step(self) -> None:
+        self.model.train()
+        self.opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            loss = F.cross_entropy(self.fwd(self.x).float(), self.y)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+
+    def infer_step(self) -> None:
+        self.model.eval()
+        with torch.inference_mode(), self._autocast():
+            self.fwd(self.x)
+
+    def timed(self, step: Callable[[], None], iters: int) -> Tuple[float, float]:
+        """Images per wall-clock second and per process CPU-second over ``iters`` back-to-back steps."""
+        self._sync()
+        c0, t0 = time.process_time(), time.perf_counter()
+        for _ in range(iters):
+            step()
+        self._sync()
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return self.batch * iters / wall, self.batch * iters / max(cpu, 1e-9)
+
+    def state_bytes(self) -> int:
+        """Parameters plus optimizer state (AdamW: two moments per parameter once it has stepped)."""
+        n = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        for st in self.opt.state.values():
+            n += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
+        return n
+
+    def measure_memory(self) -> None:
+        for what, step in (('train', self.train_step), ('infer', self.infer_step)):
+            self.opt.zero_grad(set_to_none=True)
+            if self.device.type == 'cuda':
+                with cuda_peak(self.device) as out:
+                    step()
+                delta, method = out['peak_delta'], 'cuda_max_memory_allocated_minus_before'
+            else:
+                with PeakRSS() as rss:
+                    step()
+                delta, method = rss.peak_delta, rss.method
+            state = self.state_bytes() if what == 'train' else sum(
+                p.numel() * p.element_size() for p in self.model.parameters())
+            self.mem[what] = dict(peak_mb=(delta + state) / 2 ** 20, step_delta_mb=delta / 2 ** 20,
+                                  state_mb=state / 2 ** 20, method=method)
+
+    def run_profile(self, top: int) -> None:
+        """Top ops by self CPU (or CUDA) time over one training step."""
+        from torch.profiler import ProfilerActivity, profile
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == 'cuda' else [])
+        with profile(activities=acts) as prof:
+            self.train_step()
+            self._sync()
+        cuda = self.device.type == 'cuda'
+        events = prof.key_averages()
+        attr = 'self_device_time_total' if cuda else 'self_cpu_time_total'
+        total = sum(getattr(e, attr) for e in events) or 1
+        for e in sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:top]:
+            self.profile.append(dict(op=e.key, self_ms=getattr(e, attr) / 1e3, pct=100.0 * getattr(e, attr) / total,
+                                     calls=e.count))
+
+
+def build_cases(args: argparse.Namespace, device: torch.device, original: Any) -> List[Case]:
+    """Every model x dtype x layout x compile x gf_impl combination; gf_impl only varies for GF models."""
+    cases: List[Case] = []
+    plain: set = set()  # models without a Global Filter: gf_impl does not apply
+    for name in dict.fromkeys(args.models):
+        for dtype in dict.fromkeys(args.dtype):
+            for cl in dict.fromkeys(args.channels_last):
+                for comp in dict.fromkeys(args.compile):
+                    for gf in dict.fromkeys(args.gf_impl):
+                        if name in plain and gf != args.gf_impl[0]:
+                            continue
+                        try:
+                            c = Case(name, dtype, cl == 'on', comp == 'on', gf, args, device, original)
+                        except UserError:
+                            raise
+                        except Exception as e:  # noqa: BLE001 - a model that cannot be built is a user problem
+                            raise UserError(f"cannot build {name}: {_err(e)}") from None
+                        if not has_global_filter(c.model):
+                            c.gf_impl = None
+                            plain.add(name)
+                        cases.append(c)
+    return cases
+
+
+def _err(e: BaseException) -> str:
+    text = ' '.join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def run_models(args: argparse.Namespace) -> Dict[str, Any]:
+    device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = _loadavg()
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    original = load_original_module(args.original) if args.original else None
+    if original is not None and not any(n.startswith(ORIG_PREFIX) for n in args.models):
+        args.models = list(args.models) + [ORIG_PREFIX + 'hornet_tiny_7x7']
+    check_models(args.models, args.original)
+    cases = build_cases(args, device, original)
+    _logger.info('%d case(s) on %s: %s', len(cases), device_name(device), '; '.join(c.label for c in cases))
+
+    def guarded(c: Case, fn: Callable[[], Any]) -> Any:
+        if c.error:
+            return None
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - one failing case (OOM, compile, dtype) must not stop the rest
+            c.error = _err(e)
+            _logger.warning('%s failed: %s', c.label, c.error)
+            c.opt.zero_grad(set_to_none=True)
+            if device.type == 'cuda':
+                torch.cuda.empty_cache()
+            return None
+
+    for c in cases:
+        t0 = time.perf_counter()
+        for _ in range(args.warmup):
+            guarded(c, c.train_step)
+            guarded(c, c.infer_step)
+        guarded(c, c.measure_memory)
+        _logger.info('warmed up %s in %.1fs', c.label, time.perf_counter() - t0)
+    for r in range(args.repeats):
+        order = cases if r % 2 == 0 else cases[::-1]
+        for c in order:
+            for what, step in (('train', c.train_step), ('infer', c.infer_step)):
+                if what in args.what:
+                    v = guarded(c, lambda: c.timed(step, args.iters))
+                    if v is not None:
+                        getattr(c, f'{what}_s').append(v[0])
+                        getattr(c, f'{what}_cpu').append(v[1])
+        _logger.info('repeat %d/%d: %s', r + 1, args.repeats, '; '.join(
+            f"{c.label}: {c.train_s[-1] if c.train_s else float('nan'):.2f}" for c in cases))
+    if args.profile:
+        for c in cases:
+            guarded(c, lambda: c.run_profile(args.profile))
+
+    baseline = pick_baseline(cases, args.baseline)
+    results = []
+    for c in cases:
+        row = dict(c.key(), label=c.label, params_m=c.params / 1e6, error=c.error,
+                   train_img_s=dict(summarize(c.train_s), raw=c.train_s),
+                   infer_img_s=dict(summarize(c.infer_s), raw=c.infer_s),
+                   train_img_per_cpu_s=dict(summarize(c.train_cpu), raw=c.train_cpu),
+                   infer_img_per_cpu_s=dict(summarize(c.infer_cpu), raw=c.infer_cpu), memory=c.mem)
+        if baseline is not None:
+            row['baseline'] = baseline.label
+            for what in ('train', 'infer'):
+                for suffix, key in (('s', 'ratio_vs_baseline'), ('cpu', 'cpu_time_ratio_vs_baseline')):
+                    mine, base = getattr(c, f'{what}_{suffix}'), getattr(baseline, f'{what}_{suffix}')
+                    paired = [a / b for a, b in zip(mine, base) if b]
+                    row[f'{what}_{key}'] = dict(summarize(paired), raw=paired)
+        if c.profile:
+            row['profile_top_ops'] = c.profile
+        results.append(row)
+    return dict(meta=dict(environment(device), loadavg_at_start=load_start), settings=settings_dict(args),
+                results=results)
+
+
+def pick_baseline(cases: Sequence[Case], wanted: Optional[str]) -> Optional[Case]:
+    """``--baseline`` (a model name; first matching case), else the first ``orig:`` case, else the first case."""
+    for c in cases:
+        if wanted and c.name == wanted:
+            return c
+    if wanted:
+        raise UserError(f"--baseline {wanted}: not among --models ({', '.join(dict.fromkeys(c.name for c in cases))})")
+    for c in cases:
+        if c.name.startswith(ORIG_PREFIX):
+            return c
+    return cases[0] if cases else None
+
+
+# -------------------------------------------------------------------------------------------------- data
+def make_random_jpegs(root: str, num: int, size: Tuple[int, int], seed: int = 0) -> None:
+    """``num`` smooth-noise JPEGs (quality 90) in two class folders: photo-like sizes without real data."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    w, h = size
+    for i in range(num):
+        d = os.path.join(root, f'class{i % 2}')
+        os.makedirs(d, exist_ok=True)
+        low = rng.integers(0, 256, (max(h // 16, 2), max(w // 16, 2), 3), dtype=np.uint8)
+        img = Image.fromarray(low).resize((w, h), Image.BICUBIC)
+        noise = rng.integers(-12, 13, (h, w, 3))
+        arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(os.path.join(d, f'img{i:05d}.jpg'), quality=90)
+
+
+def train_transform(input_size: int) -> Tuple[Callable, str]:
+    """The training transform of this project (``datasets.build_transform``: timm create_transform with the
+    original recipe, plus its 0-bit posterize fix for current Pillow), or plain timm where that is missing."""
+    recipe = dict(input_size=input_size, color_jitter=0.4, aa='rand-m9-mstd0.5-inc1', train_interpolation='bicubic',
+                  reprob=0.25, remode='pixel', recount=1)
+    try:
+        import datasets
+        return datasets.build_transform(True, argparse.Namespace(**recipe)), 'datasets.build_transform'
+    except (ImportError, AttributeError):
+        from timm.data import create_transform
+        return create_transform(input_size, is_training=True, color_jitter=0.4, auto_augment=recipe['aa'],
+                                interpolation='bicubic', re_prob=0.25, re_mode='pixel', re_count=1), 'timm'
+
+
+def _image_folder(root: str, transform: Callable) -> Any:
+    """This project's strict ImageFolderDataset where available, else torchvision's ImageFolder."""
+    try:
+        from datasets import ImageFolderDataset
+        return ImageFolderDataset(root, transform=transform)
+    except ImportError:
+        from torchvision.datasets import ImageFolder
+        try:
+            return ImageFolder(root, transform=transform)
+        except (FileNotFoundError, RuntimeError) as e:
+            raise UserError(f"--data_path {root}: no images in class sub-folders ({' '.join(str(e).split())[:150]})")
+
+
+def run_data(args: argparse.Namespace) -> Dict[str, Any]:
+    from torch.utils.data import DataLoader, Subset
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = None
+    load_start = _loadavg()
+    if args.data_path:
+        if not os.path.isdir(args.data_path):
+            raise UserError(f"--data_path {args.data_path}: not a directory (give an ImageFolder root)")
+        root, source = args.data_path, 'folder'
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix='hornet_bench_jpegs_')
+        root, source = tmp.name, f'generated {args.num_images} random JPEGs {args.gen_size[0]}x{args.gen_size[1]}'
+        make_random_jpegs(root, args.num_images, tuple(args.gen_size), args.seed)
+    try:
+        transform, transform_src = train_transform(args.data_input_size)
+        ds = _image_folder(root, transform)
+        if len(ds) > args.num_images:
+            g = torch.Generator().manual_seed(args.seed)
+            ds = Subset(ds, torch.randperm(len(ds), generator=g)[:args.num_images].tolist())
+        n = len(ds)
+        loaders = {w: DataLoader(ds, batch_size=args.data_batch_size, shuffle=True, num_workers=w,
+                                 persistent_workers=w > 0, drop_last=False) for w in args.workers}
+
+        def epoch(w: int) -> float:
+            t0 = time.perf_counter()
+            count = sum(int(b[0].shape[0]) for b in loaders[w])
+            return count / (time.perf_counter() - t0)
+
+        for w in args.workers:  # warm-up epoch: worker start-up, page cache
+            epoch(w)
+        raw: Dict[int, List[float]] = {w: [] for w in args.workers}
+        for r in range(args.repeats):
+            for w in (args.workers if r % 2 == 0 else args.workers[::-1]):
+                raw[w].append(epoch(w))
+            _logger.info('repeat %d/%d: %s', r + 1, args.repeats,
+                         ', '.join(f'workers={w}: {raw[w][-1]:.1f} img/s' for w in args.workers))
+        del loaders
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    results = []
+    for w in args.workers:
+        s = summarize(raw[w])
+        results.append(dict(workers=w, img_s=dict(s, raw=raw[w]),
+                            img_s_per_worker=(s['median'] / max(w, 1)) if s['median'] else None))
+    meta = dict(environment(torch.device('cpu')), loadavg_at_start=load_start)
+    return dict(meta=meta, settings=dict(settings_dict(args), source=source, num_images=n, transform=transform_src,
+                                         transform_repr=repr(transform)), results=results)
+
+
+# ----------------------------------------------------------------------------------------- environment
+def resolve_device(name: str) -> torch.device:
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
+    return torch.device(name)
+
+
+def _loadavg() -> Optional[Tuple[float, float, float]]:
+    try:
+        return os.getloadavg()
+    except OSError:
+        return None
+
+
+def cpu_model_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.lower().startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    return f'{cpu_model_name()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch threads)'
+
+
+def environment(device: torch.device) -> Dict[str, Any]:
+    import timm
+    meta = dict(device=device.type, device_name=device_name(device), cpu=cpu_model_name(),
+                cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(), torch=torch.__version__,
+                timm=timm.__version__, cuda=torch.version.cuda, python=platform.python_version(),
+                platform=platform.platform(), time=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+    if device.type == 'cuda':
+        meta.update(cudnn=torch.backends.cudnn.version(), tf32_matmul=torch.backends.cuda.matmul.allow_tf32,
+                    tf32_cudnn=torch.backends.cudnn.allow_tf32)
+    try:
+        meta['loadavg_1_5_15min'] = os.getloadavg()
+    except OSError:
+        pass
+    return meta
+
+
+def settings_dict(args: argparse.Namespace) -> Dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k != 'json'}
+
+
+# ---------------------------------------------------------------------------------------------- output
+def _fmt(s: Dict[str, Any], digits: int = 2) -> str:
+    if s.get('median') is None:
+        return '-'
+    return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
+
+
+def format_model_table(res: Dict[str, Any]) -> str:
+    head = ['model', 'dtype', 'layout', 'compile', 'gf_impl', 'train img/s med [min-max]',
+            'infer img/s med [min-max]', 'train ratio', 'infer ratio', 'train ratio (CPU time)', 'train peak MB',
+            'infer peak MB']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * 5 + ['--:'] * 7) + '|']
+    for r in res['results']:
+        if r['error']:
+            cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
+                     r['gf_impl'] or '-', f"error: {r['error'][:80]}"] + [''] * 6
+        else:
+            mem = r['memory']
+            cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
+                     r['gf_impl'] or '-', _fmt(r['train_img_s']), _fmt(r['infer_img_s']),
+                     _fmt(r.get('train_ratio_vs_baseline', {}), 3), _fmt(r.get('infer_ratio_vs_baseline', {}), 3),
+                     _fmt(r.get('train_cpu_time_ratio_vs_baseline', {}), 3),
+                     f"{mem['train']['peak_mb']:.0f}" if 'train' in mem else '-',
+                     f"{mem['infer']['peak_mb']:.0f}" if 'infer' in mem else '-']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    base = next((r.get('baseline') for r in res['results'] if r.get('baseline')), None)
+    if base:
+        lines.append(f"\nratio = median [min-max] over repeats of (case img/s / baseline img/s in the same repeat); "
+                     f"CPU-time ratio: the same with images per process CPU-second; baseline: {base}")
+    for r in res['results']:
+        if r.get('profile_top_ops'):
+            lines.append(f"\ntop ops, one training step, {r['label']}:")
+            lines.extend(f"  {p['pct']:5.1f}%  {p['self_ms']:9.1f} ms  {p['calls']:5d}x  {p['op']}"
+                         for p in r['profile_top_ops'])
+    return '\n'.join(lines)
+
+
+def format_data_table(res: Dict[str, Any]) -> str:
+    lines = ['| workers | img/s med [min-max] | img/s per worker |', '|--:|--:|--:|']
+    for r in res['results']:
+        per = f"{r['img_s_per_worker']:.1f}" if r['img_s_per_worker'] else '-'
+        lines.append(f"| {r['workers']} | {_fmt(r['img_s'], 1)} | {per} |")
+    return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def _on_off(v: str) -> str:
+    if v not in ('on', 'off'):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {v!r}")
+    return v
+
+
+def _positive(v: str) -> int:
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
+    if i <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
+    return i
+
+
+def _non_negative(v: str) -> int:
+    try:
+        i = int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}") from None
+    if i < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}")
+    return i
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--mode', choices=('model', 'data'), default='model')
+    p.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
+                   help=f'timm names; {ORIG_PREFIX}<hornet variant> for the original release (needs --original)')
+    p.add_argument('--original', default=None, help="the original release's hornet.py (adds orig:hornet_tiny_7x7)")
+    p.add_argument('--baseline', default=None, help='model name the ratios are relative to '
+                   '(default: the first orig: model, else the first model)')
+    p.add_argument('--device', choices=('cpu', 'cuda'), default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--dtype', nargs='+', choices=tuple(DTYPES), default=['fp32'], help='autocast dtype(s)')
+    p.add_argument('--channels_last', nargs='+', type=_on_off, default=['off'], metavar='{on,off}')
+    p.add_argument('--compile', nargs='+', type=_on_off, default=['off'], metavar='{on,off}')
+    p.add_argument('--gf_impl', nargs='+', choices=('fft', 'matmul'), default=['fft'],
+                   help='Global Filter implementation(s) for our GF models')
+    p.add_argument('--batch_size', type=_positive, default=16)
+    p.add_argument('--input_size', type=_positive, default=224)
+    p.add_argument('--repeats', type=_positive, default=5, help='timed rounds (every case once per round)')
+    p.add_argument('--warmup', type=_non_negative, default=2, help='untimed train+infer steps per case first')
+    p.add_argument('--iters', type=_positive, default=1, help='steps per timed repeat')
+    p.add_argument('--what', nargs='+', choices=('train', 'infer'), default=['train', 'infer'])
+    p.add_argument('--profile', type=_non_negative, default=0, metavar='TOP',
+                   help='after timing, profile one training step per case and list the TOP ops by self time')
+    p.add_argument('--threads', type=_positive, default=None, help='torch intra-op threads (default: torch\'s)')
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--json', default=None, help='write settings, environment and per-repeat raw numbers here')
+    g = p.add_argument_group('--mode data')
+    g.add_argument('--data_path', default=None, help='ImageFolder root (default: generate random JPEGs)')
+    g.add_argument('--workers', nargs='+', type=_non_negative, default=[0, 1, 2])
+    g.add_argument('--num_images', type=_positive, default=256, help='images per epoch (generated or sampled)')
+    g.add_argument('--gen_size', nargs=2, type=_positive, default=[500, 375], metavar=('W', 'H'))
+    g.add_argument('--data_batch_size', type=_positive, default=32)
+    g.add_argument('--data_input_size', type=_positive, default=224)
+    args = p.parse_args(argv)
+    if args.mode == 'model' and args.input_size < 32:
+        p.error(f"--input_size must be >= 32 (got {args.input_size})")
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    logging.basicConfig(level=logging.INFO, format='[benchmark] %(message)s')
+    args = parse_args(argv)
+    try:
+        if args.json:
+            d = os.path.dirname(os.path.abspath(args.json))
+            if not os.path.isdir(d):
+                raise UserError(f"--json {args.json}: directory {d} does not exist")
+        res = run_data(args) if args.mode == 'data' else run_models(args)
+        print(f"\n{res['meta']['device_name']} | torch {res['meta']['torch']} | CUDA {res['meta']['cuda']} | "
+              f"batch {args.batch_size if args.mode == 'model' else args.data_batch_size} | "
+              f"input {args.input_size if args.mode == 'model' else args.data_input_size}")
+        print(format_data_table(res) if args.mode == 'data' else format_model_table(res))
+        if args.json:
+            with open(args.json, 'w') as f:
+                json.dump(res, f, indent=2)
+            _logger.info('wrote %s', args.json)
+        failed = [r for r in res['results'] if r.get('error')]
+        if failed:
+            print(f"error: {len(failed)} case(s) failed: " + '; '.join(f"{r['label']}: {r['error']}" for r in failed),
+                  file=sys.stderr)
+            return 1
+    except UserError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print('error: interrupted', file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""scripts/benchmark.py end to end on CPU, at tiny settings (each test runs the real script once)."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark.py')
+
+
+def _run(*args, timeout=120):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _positive_stats(s):
+    assert s['median'] > 0 and s['min'] > 0 and s['max'] >= s['median'] >= s['min']
+    assert len(s['raw']) >= 1 and all(v > 0 for v in s['raw'])
+
+
+def test_model_mode_cpu_json(tmp_path):
+    out = tmp_path / 'bench.json'
+    proc = _run('--models', 'hornet_tiny_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '32',
+                '--repeats', '1', '--warmup', '1', '--json', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    meta = res['meta']
+    for key in ('device', 'device_name', 'torch', 'cuda', 'torch_threads', 'timm'):
+        assert key in meta
+    assert meta['device'] == 'cpu' and meta['torch'] == __import__('torch').__version__
+    st = res['settings']
+    assert st['batch_size'] == 2 and st['input_size'] == 32 and st['dtype'] == ['fp32'] and st['repeats'] == 1
+    (row,) = res['results']
+    assert row['model'] == 'hornet_tiny_7x7' and row['error'] is None and row['dtype'] == 'fp32'
+    assert row['channels_last'] is False and row['compile'] is False
+    assert row['params_m'] > 20
+    _positive_stats(row['train_img_s'])
+    _positive_stats(row['infer_img_s'])
+    assert len(row['train_img_s']['raw']) == 1
+    for what in ('train', 'infer'):
+        mem = row['memory'][what]
+        assert mem['peak_mb'] > 0 and mem['state_mb'] > 0 and mem['method']
+    assert row['memory']['train']['state_mb'] > row['memory']['infer']['state_mb']  # AdamW moments
+    assert 'hornet_tiny_7x7' in proc.stdout and 'img/s' in proc.stdout
+
+
+def test_data_mode_generated_folder(tmp_path):
+    out = tmp_path / 'data.json'
+    proc = _run('--mode', 'data', '--num_images', '8', '--gen_size', '64', '48', '--data_batch_size', '4',
+                '--data_input_size', '32', '--workers', '0', '1', '--repeats', '1', '--json', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert [r['workers'] for r in res['results']] == [0, 1]
+    assert res['settings']['num_images'] == 8 and 'generated' in res['settings']['source']
+    for r in res['results']:
+        _positive_stats(r['img_s'])
+        assert r['img_s_per_worker'] > 0
+
+
+def test_bad_input_is_one_line_error(tmp_path):
+    proc = _run('--models', 'hornet_tiny_7xx', '--device', 'cpu')
+    assert proc.returncode != 0
+    err = proc.stderr.strip().splitlines()
+    assert err[-1].startswith('error: unknown model') and 'hornet_tiny_7x7' in err[-1]
+    assert 'Traceback' not in proc.stderr
+    proc = _run('--mode', 'data', '--data_path', str(tmp_path / 'missing'))
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr and 'not a directory' in proc.stderr
