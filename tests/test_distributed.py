@@ -96,7 +96,7 @@ def test_rank_batches_are_the_single_process_batch():
 def test_two_processes_equal_one_process_with_double_batch(tmp_path, data, two_process_run):
     out2, _ = two_process_run
     ref = load_model_sd(_last_checkpoint(out2))
-    ck = torch.load(_last_checkpoint(out2), map_location='cpu', weights_only=False)
+    ck = torch.load(_last_checkpoint(out2), map_location='cpu', weights_only=True)
     assert ck['global_step'] == EPOCHS * STEPS_PER_EPOCH
     for name, overrides in (('batch8', dict(batch_size=8)), ('batch4_accum2', dict(batch_size=4, update_freq=2))):
         out = tmp_path / name

@@ -105,7 +105,7 @@ def test_two_node_training_job_completes_and_writes_final_checkpoint(slurm_clust
     assert {r['node'] for r in results} == {'n1', 'n2'}, results
     out = pathlib.Path(args.output_dir)
     assert out == pathlib.Path(args.job_dir)  # output_dir defaults to the (job-id independent) job dir
-    ck = torch.load(out / f'checkpoint-{EPOCHS - 1}.pth', map_location='cpu', weights_only=False)
+    ck = torch.load(out / f'checkpoint-{EPOCHS - 1}.pth', map_location='cpu', weights_only=True)
     assert ck['global_step'] == EPOCHS * 6 and ck['epoch_complete']
     assert [json.loads(x)['epoch'] for x in (out / 'log.txt').read_text().splitlines()] == list(range(EPOCHS))
     assert 'Effective batch 8 = 4 (batch) x 1 (update_freq) x 2 (processes)' in (out / 'train.log').read_text()
