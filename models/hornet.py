@@ -137,18 +137,28 @@ class GlobalLocalFilter(nn.Module):
         self.impl = impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pre_norm(x)
-        x1, x2 = torch.chunk(x, 2, dim=1)
-        x1 = self.dw(x1)
-        b, c, h, w = x2.shape
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_nhwc(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """NHWC in and out; ``scale`` multiplies the output (folded into the post-norm's affine)."""
+        pre, post = self.pre_norm, self.post_norm
+        x = F.layer_norm(x, pre.normalized_shape, pre.weight, pre.bias, pre.eps)
+        x1, x2 = torch.chunk(x, 2, dim=-1)
+        x1 = self.dw(x1.permute(0, 3, 1, 2))
+        b, c, h, w = x1.shape
         weight = resize_complex_weight(self.complex_weight, (h, w // 2 + 1))
+        x2 = x2.permute(0, 3, 1, 2)
         if self.impl == 'matmul':
             x2 = global_filter_matmul(x2, weight)
         else:
             x2 = global_filter_fft(x2, weight)
         x2 = x2.to(x1.dtype)
-        x = torch.stack((x1, x2), dim=2).reshape(b, 2 * c, h, w)
-        return self.post_norm(x)
+        # interleave the halves channel by channel, as the original's stack + reshape over dim 1
+        x = torch.stack((x1.permute(0, 2, 3, 1), x2.permute(0, 2, 3, 1)), dim=-1).reshape(b, h, w, 2 * c)
+        weight, bias = post.weight, post.bias
+        if scale != 1.0:
+            weight, bias = weight * scale, bias * scale
+        return F.layer_norm(x, post.normalized_shape, weight, bias, post.eps)
 
 
 class GnConv(nn.Module):
@@ -177,13 +187,30 @@ class GnConv(nn.Module):
         self.scale = scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = self.proj_in(x)
-        pwa, abc = torch.split(fused, (self.dims[0], sum(self.dims)), dim=1)
-        dw_list = torch.split(self.dwconv(abc) * self.scale, self.dims, dim=1)
+        """NCHW in, NCHW out (the module's public contract; the work is done channels-last)."""
+        return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+    def forward_nhwc(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function on an NHWC tensor.
+
+        The 1x1 projections are GEMMs over the channel dim (``F.linear`` on the conv weights viewed as
+        matrices), which on CPU back-propagate about twice as fast as oneDNN's 1x1 convolutions on the mixed
+        layouts the gating chain produces; the output scale s is folded into the depthwise kernel and bias.
+        """
+        fused = F.linear(x, self.proj_in.weight.flatten(1), self.proj_in.bias)
+        pwa, abc = torch.split(fused, (self.dims[0], sum(self.dims)), dim=-1)
+        if isinstance(self.dwconv, nn.Conv2d):
+            conv = self.dwconv
+            dw = F.conv2d(abc.permute(0, 3, 1, 2), conv.weight * self.scale, conv.bias * self.scale,
+                          conv.stride, conv.padding, conv.dilation, conv.groups)
+            dw = dw.permute(0, 2, 3, 1)
+        else:
+            dw = self.dwconv.forward_nhwc(abc, self.scale)
+        dw_list = torch.split(dw, self.dims, dim=-1)
         x = pwa * dw_list[0]
         for i, pw in enumerate(self.pws):
-            x = pw(x) * dw_list[i + 1]
-        return self.proj_out(x)
+            x = F.linear(x, pw.weight.flatten(1), pw.bias) * dw_list[i + 1]
+        return F.linear(x, self.proj_out.weight.flatten(1), self.proj_out.bias)
 
 
 class HorBlock(nn.Module):
@@ -215,15 +242,18 @@ class HorBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.gnconv(self.norm1(x))
+        # NCHW in and out; inside, one NHWC view (free when x is channels-last in memory, as it is after the
+        # stem's LayerNorm) so every LayerNorm, projection and MLP is a plain op over the last dim.
+        x = x.permute(0, 2, 3, 1)
+        n1 = self.norm1
+        y = self.gnconv.forward_nhwc(F.layer_norm(x, n1.normalized_shape, n1.weight, n1.bias, n1.eps))
         if self.gamma1 is not None:
-            y = y * self.gamma1.view(-1, 1, 1)
+            y = y * self.gamma1
         x = x + self.drop_path(y)
-        y = x.permute(0, 2, 3, 1)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm2(y))))
+        y = self.pwconv2(self.act(self.pwconv1(self.norm2(x))))
         if self.gamma2 is not None:
             y = y * self.gamma2
-        return x + self.drop_path(y.permute(0, 3, 1, 2))
+        return (x + self.drop_path(y)).permute(0, 3, 1, 2)
 
 
 class HorNet(nn.Module):
