@@ -42,6 +42,13 @@ def str2bool(v: Any) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
+def _auto_bool(v: Any) -> Optional[bool]:
+    """``auto`` (None: let the code decide) or a boolean word."""
+    if v is None or str(v).strip().lower() == 'auto':
+        return None
+    return str2bool(v)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags as our one-line UserError instead of exiting inside the parser."""
 
@@ -138,6 +145,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='precision under --use_amp true: float16 (with loss scaling) or bfloat16')
     p.add_argument('--channels_last', type=str2bool, default=False)
     p.add_argument('--compile', type=str2bool, default=False, help='torch.compile the model')
+    p.add_argument('--fused_adamw', type=_auto_bool, default=None, metavar='{auto,true,false}',
+                   help="torch's fused AdamW kernel; auto: whenever --opt is adamw (CPU or CUDA)")
     p.add_argument('--gf_impl', default='fft', choices=['fft', 'matmul'], help='Global Filter implementation')
     p.add_argument('--skip_bad_images', type=str2bool, default=False,
                    help='skip unreadable images (logged and counted) instead of failing')
@@ -252,6 +261,8 @@ def validate_args(args: argparse.Namespace) -> None:
         close = difflib.get_close_matches(opt_name, timm.optim.list_optimizers(), n=4)
         raise UserError(f"unknown --opt '{args.opt}'" + (f"; did you mean {', '.join(close)}?" if close else '') +
                         " (any timm optimizer name, e.g. adamw, sgd, lamb)")
+    if args.fused_adamw and opt_name != 'adamw':
+        raise UserError(f"--fused_adamw true needs --opt adamw (got --opt {args.opt}); set --fused_adamw auto")
     if args.num_workers < 0:
         raise UserError(f"--num_workers must be >= 0 (got {args.num_workers})")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
@@ -461,7 +472,8 @@ def main(args: argparse.Namespace) -> int:
         criterion = torch.nn.CrossEntropyLoss()
 
     optimizer = create_optimizer(model_without_ddp, args.opt, args.lr, args.weight_decay, opt_eps=args.opt_eps,
-                                 opt_betas=args.opt_betas, momentum=args.momentum, layer_decay=args.layer_decay)
+                                 opt_betas=args.opt_betas, momentum=args.momentum, layer_decay=args.layer_decay,
+                                 fused=args.fused_adamw)
     scaler = torch.amp.GradScaler(ds.device.type, enabled=amp_dtype == torch.float16)
     lr_fn = cosine_schedule(args.lr, args.min_lr, args.epochs, steps_per_epoch, warmup_epochs=args.warmup_epochs,
                             warmup_steps=args.warmup_steps)

@@ -110,14 +110,20 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: Optional[fl
     return list(groups.values())
 
 
+# Devices with torch's fused AdamW kernel (torch >= 2.4 has CPU and CUDA ones).
+FUSED_ADAMW_DEVICES = frozenset({'cpu', 'cuda'})
+
+
 def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float, opt_eps: Optional[float] = None,
                      opt_betas: Optional[Sequence[float]] = None, momentum: float = 0.9,
                      layer_decay: Optional[float] = None, skip_list: Iterable[str] = (),
                      fused: Optional[bool] = None) -> torch.optim.Optimizer:
     """Build any timm optimizer (``'adamw'``, ``'sgd'``, ``'lookahead_lamb'``, ...) over :func:`param_groups`.
 
-    ``fused=True`` asks torch's fused AdamW kernel (all parameters must be on CUDA); it is only passed on
-    when True so optimizers without the argument keep working.
+    ``fused``: torch's fused AdamW kernel (one kernel for all parameters instead of ~10 ops per tensor; HorNet-T
+    has 560 parameter tensors, so this is about 4x less optimizer time on CPU). ``None`` uses it whenever the
+    optimizer is AdamW and every parameter is on a device the kernel supports; ``True`` insists (an error
+    otherwise); ``False`` never.
     """
     valid = timm.optim.list_optimizers()
     parts = opt.lower().split('_')
@@ -133,11 +139,16 @@ def create_optimizer(model: nn.Module, opt: str, lr: float, weight_decay: float,
         kwargs['eps'] = opt_eps
     if opt_betas is not None:
         kwargs['betas'] = tuple(opt_betas)
+    devices = {p.device.type for g in groups for p in g['params']}
+    fusable = devices <= FUSED_ADAMW_DEVICES and all(p.is_floating_point() for g in groups for p in g['params'])
     if fused:
         if parts[-1] != 'adamw':
-            raise UserError(f"fused kernels are supported for adamw only, not {opt!r} (drop --fused or use adamw)")
-        if not all(p.is_cuda for g in groups for p in g['params']):
-            raise UserError("fused AdamW needs every parameter on CUDA (drop --fused or train with --device cuda)")
+            raise UserError(f"fused kernels are supported for adamw only, not {opt!r} "
+                            f"(drop --fused_adamw true or use --opt adamw)")
+        if not fusable:
+            raise UserError(f"fused AdamW runs on {'/'.join(sorted(FUSED_ADAMW_DEVICES))} parameters only, these "
+                            f"are on {'/'.join(sorted(devices))} (set --fused_adamw false)")
+    if fused or (fused is None and parts[-1] == 'adamw' and fusable):
         kwargs['fused'] = True
     try:
         # Each group carries its own weight_decay; the optimizer-level default only matters for no group.

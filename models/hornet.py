@@ -241,19 +241,33 @@ class HorBlock(nn.Module):
             self.gamma1 = self.gamma2 = None
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
 
+    def _branch_scale(self, gamma: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Layer scale times the stochastic-depth keep mask (/ keep prob), as one (B, 1, 1, C) factor.
+
+        The same function as ``x + drop_path(gamma * y)`` with timm's DropPath (same RNG draw: one bernoulli
+        per sample), but it lets the residual update be a single ``addcmul`` pass.
+        """
+        dp = self.drop_path
+        if not (self.training and isinstance(dp, DropPath) and dp.drop_prob > 0.):
+            return gamma
+        keep = 1. - dp.drop_prob
+        mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)
+        if dp.scale_by_keep:
+            mask.div_(keep)
+        return mask if gamma is None else mask * gamma
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # NCHW in and out; inside, one NHWC view (free when x is channels-last in memory, as it is after the
         # stem's LayerNorm) so every LayerNorm, projection and MLP is a plain op over the last dim.
         x = x.permute(0, 2, 3, 1)
         n1 = self.norm1
         y = self.gnconv.forward_nhwc(F.layer_norm(x, n1.normalized_shape, n1.weight, n1.bias, n1.eps))
-        if self.gamma1 is not None:
-            y = y * self.gamma1
-        x = x + self.drop_path(y)
+        scale = self._branch_scale(self.gamma1, x)
+        x = x + y if scale is None else torch.addcmul(x, y, scale)
         y = self.pwconv2(self.act(self.pwconv1(self.norm2(x))))
-        if self.gamma2 is not None:
-            y = y * self.gamma2
-        return (x + self.drop_path(y)).permute(0, 3, 1, 2)
+        scale = self._branch_scale(self.gamma2, x)
+        x = x + y if scale is None else torch.addcmul(x, y, scale)
+        return x.permute(0, 3, 1, 2)
 
 
 class HorNet(nn.Module):

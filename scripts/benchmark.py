@@ -247,9 +247,10 @@ class Case:
     """One model under one setting, with its optimizer, fixed batch and step functions."""
 
     def __init__(self, name: str, dtype: str, channels_last: bool, compile_: bool, gf_impl: Optional[str],
-                 args: argparse.Namespace, device: torch.device, original: Any):
+                 args: argparse.Namespace, device: torch.device, original: Any, grad_ckpt: bool = False):
         self.name, self.dtype, self.channels_last, self.compile, self.gf_impl = (
             name, dtype, channels_last, compile_, gf_impl)
+        self.grad_ckpt = grad_ckpt
         self.device = device
         self.batch = args.batch_size
         self.error: Optional[str] = None
@@ -263,12 +264,18 @@ class Case:
         model = build_model(name, args.input_size, gf_impl or 'fft', original).to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=fmt)
+        if grad_ckpt:
+            if not hasattr(model, 'set_grad_checkpointing'):
+                raise UserError(f"{name} has no set_grad_checkpointing(); drop it from --grad_checkpointing on runs")
+            model.set_grad_checkpointing(True)
         self.params = sum(p.numel() for p in model.parameters())
         self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
         self.x = self.x.contiguous(memory_format=fmt)
         num_classes = getattr(model, 'num_classes', 1000) or 1000
         self.y = torch.randint(0, num_classes, (args.batch_size,), device=device)
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+        # every model gets torch's fused AdamW where it exists (the setting main.py uses by default)
+        fused = args.fused_adamw == 'on' and device.type in ('cpu', 'cuda')
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=fused or None)
         use_scaler = dtype == 'fp16' and device.type == 'cuda'
         self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
         self.fwd: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile_ else model
@@ -278,13 +285,15 @@ class Case:
         parts = [self.name, self.dtype, 'cl' if self.channels_last else 'nchw']
         if self.compile:
             parts.append('compile')
+        if self.grad_ckpt:
+            parts.append('ckpt')
         if self.gf_impl:
             parts.append(f'gf={self.gf_impl}')
         return ' '.join(parts)
 
     def key(self) -> Dict[str, Any]:
         return dict(model=self.name, dtype=self.dtype, channels_last=self.channels_last, compile=self.compile,
-                    gf_impl=self.gf_impl)
+                    gf_impl=self.gf_impl, grad_checkpointing=self.grad_ckpt)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == 'fp32':
@@ -371,18 +380,20 @@ def build_cases(args: argparse.Namespace, device: torch.device, original: Any) -
             for cl in dict.fromkeys(args.channels_last):
                 for comp in dict.fromkeys(args.compile):
                     for gf in dict.fromkeys(args.gf_impl):
-                        if name in plain and gf != args.gf_impl[0]:
-                            continue
-                        try:
-                            c = Case(name, dtype, cl == 'on', comp == 'on', gf, args, device, original)
-                        except UserError:
-                            raise
-                        except Exception as e:  # noqa: BLE001 - a model that cannot be built is a user problem
-                            raise UserError(f"cannot build {name}: {_err(e)}") from None
-                        if not has_global_filter(c.model):
-                            c.gf_impl = None
-                            plain.add(name)
-                        cases.append(c)
+                        for ck in dict.fromkeys(args.grad_checkpointing):
+                            if name in plain and gf != args.gf_impl[0]:
+                                continue
+                            try:
+                                c = Case(name, dtype, cl == 'on', comp == 'on', gf, args, device, original,
+                                         grad_ckpt=ck == 'on')
+                            except UserError:
+                                raise
+                            except Exception as e:  # noqa: BLE001 - a model that cannot be built is a user problem
+                                raise UserError(f"cannot build {name}: {_err(e)}") from None
+                            if not has_global_filter(c.model):
+                                c.gf_impl = None
+                                plain.add(name)
+                            cases.append(c)
     return cases
 
 
@@ -629,18 +640,20 @@ def _fmt(s: Dict[str, Any], digits: int = 2) -> str:
 
 
 def format_model_table(res: Dict[str, Any]) -> str:
-    head = ['model', 'dtype', 'layout', 'compile', 'gf_impl', 'train img/s med [min-max]',
+    head = ['model', 'dtype', 'layout', 'compile', 'gf_impl', 'ckpt', 'train img/s med [min-max]',
             'infer img/s med [min-max]', 'train ratio', 'infer ratio', 'train ratio (CPU time)', 'train peak MB',
             'infer peak MB']
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * 5 + ['--:'] * 7) + '|']
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * 6 + ['--:'] * 7) + '|']
     for r in res['results']:
         if r['error']:
             cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
-                     r['gf_impl'] or '-', f"error: {r['error'][:80]}"] + [''] * 6
+                     r['gf_impl'] or '-', 'on' if r.get('grad_checkpointing') else 'off',
+                     f"error: {r['error'][:80]}"] + [''] * 6
         else:
             mem = r['memory']
             cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
-                     r['gf_impl'] or '-', _fmt(r['train_img_s']), _fmt(r['infer_img_s']),
+                     r['gf_impl'] or '-', 'on' if r.get('grad_checkpointing') else 'off',
+                     _fmt(r['train_img_s']), _fmt(r['infer_img_s']),
                      _fmt(r.get('train_ratio_vs_baseline', {}), 3), _fmt(r.get('infer_ratio_vs_baseline', {}), 3),
                      _fmt(r.get('train_cpu_time_ratio_vs_baseline', {}), 3),
                      f"{mem['train']['peak_mb']:.0f}" if 'train' in mem else '-',
@@ -708,9 +721,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--compile', nargs='+', type=_on_off, default=['off'], metavar='{on,off}')
     p.add_argument('--gf_impl', nargs='+', choices=('fft', 'matmul'), default=['fft'],
                    help='Global Filter implementation(s) for our GF models')
+    p.add_argument('--grad_checkpointing', nargs='+', type=_on_off, default=['off'], metavar='{on,off}',
+                   help="activation checkpointing via the model's set_grad_checkpointing()")
     p.add_argument('--batch_size', type=_positive, default=16)
     p.add_argument('--input_size', type=_positive, default=224)
-    p.add_argument('--repeats', type=_positive, default=5, help='timed rounds (every case once per round)')
+    p.add_argument('--fused_adamw', type=_on_off, default='on', metavar='{on,off}',
+                   help="torch's fused AdamW kernel for every model (off: the per-tensor loop)")
+    p.add_argument('--repeats', type=_non_negative, default=5,
+                   help='timed rounds (every case once per round); 0 measures peak memory only')
     p.add_argument('--warmup', type=_non_negative, default=2, help='untimed train+infer steps per case first')
     p.add_argument('--iters', type=_positive, default=1, help='steps per timed repeat')
     p.add_argument('--what', nargs='+', choices=('train', 'infer'), default=['train', 'infer'])

@@ -64,3 +64,16 @@ def test_bad_input_is_one_line_error(tmp_path):
     assert 'Traceback' not in proc.stderr
     proc = _run('--mode', 'data', '--data_path', str(tmp_path / 'missing'))
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr and 'not a directory' in proc.stderr
+
+
+def test_memory_only_run_with_and_without_grad_checkpointing(tmp_path):
+    out = tmp_path / 'mem.json'
+    proc = _run('--models', 'hornet_micro_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '64',
+                '--repeats', '0', '--warmup', '1', '--grad_checkpointing', 'off', 'on', '--json', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())['results']
+    assert [r['grad_checkpointing'] for r in rows] == [False, True]
+    assert 'ckpt' in rows[1]['label'] and 'ckpt' not in rows[0]['label']
+    for r in rows:
+        assert r['error'] is None and r['train_img_s']['raw'] == []  # nothing timed
+        assert r['memory']['train']['peak_mb'] > r['memory']['train']['state_mb'] > 0

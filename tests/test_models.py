@@ -187,13 +187,83 @@ def test_gf_filter_is_resized_bilinearly_with_aligned_corners():
     assert m(x).shape == x.shape
 
 
-def test_gf_matmul_path_equals_fft_path_in_fp32_and_compiles_without_fft_ops():
+def test_gf_matmul_path_equals_fft_path_in_fp32_and_exports_without_fft_ops():
     torch.manual_seed(0)
     for h, w in [(14, 14), (7, 7), (24, 24), (12, 12), (5, 9)]:
         x = torch.randn(2, 6, h, w)
         weight = torch.randn(6, h, w // 2 + 1, 2)
         torch.testing.assert_close(global_filter_matmul(x, weight), global_filter_fft(x, weight),
                                    rtol=1e-4, atol=1e-5)
+    gf = GlobalLocalFilter(8, h=6, w=4).eval()
+    x = torch.randn(1, 8, 6, 6)
+
+    def aten_ops(impl: str) -> set:
+        gf.impl = impl
+        gm = torch.export.export(gf, (x,)).graph_module  # sub-graphs hold e.g. the fp32 autocast region
+        return {str(n.target) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)
+                for n in m.graph.nodes if n.op == 'call_function'}
+
+    assert any('fft' in op for op in aten_ops('fft'))  # the check can see FFTs when they are there
+    assert not any('fft' in op for op in aten_ops('matmul'))
+
+
+def _ln_channels_first(ln: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """The original's channels-first LayerNorm: a mean/pow chain over dim 1."""
+    u = x.mean(1, keepdim=True)
+    s = (x - u).pow(2).mean(1, keepdim=True)
+    return ln.weight[:, None, None] * ((x - u) / torch.sqrt(s + ln.eps)) + ln.bias[:, None, None]
+
+
+def _reference_block(blk, x: torch.Tensor) -> torch.Tensor:
+    """A HorBlock computed the way the original code does (NCHW 1x1 convs, explicit s, stack over dim 1)."""
+    gn = blk.gnconv
+    fused = F.conv2d(_ln_channels_first(blk.norm1, x), gn.proj_in.weight, gn.proj_in.bias)
+    pwa, abc = torch.split(fused, (gn.dims[0], sum(gn.dims)), dim=1)
+    if isinstance(gn.dwconv, GlobalLocalFilter):
+        f = gn.dwconv
+        t = _ln_channels_first(f.pre_norm, abc)
+        t1, t2 = torch.chunk(t, 2, dim=1)
+        t1 = F.conv2d(t1, f.dw.weight, None, padding=1, groups=t1.shape[1])
+        t2 = global_filter_fft(t2, f.complex_weight)
+        b, c, h, w = t1.shape
+        q = _ln_channels_first(f.post_norm, torch.stack((t1, t2), dim=2).reshape(b, 2 * c, h, w))
+    else:
+        q = F.conv2d(abc, gn.dwconv.weight, gn.dwconv.bias, padding=3, groups=sum(gn.dims))
+    qs = torch.split(q * gn.scale, gn.dims, dim=1)
+    p = pwa * qs[0]
+    for i, pw in enumerate(gn.pws):
+        p = F.conv2d(p, pw.weight, pw.bias) * qs[i + 1]
+    x = x + blk.gamma1[:, None, None] * F.conv2d(p, gn.proj_out.weight, gn.proj_out.bias)
+    y = blk.pwconv2(F.gelu(blk.pwconv1(blk.norm2(x.permute(0, 2, 3, 1)))))
+    return x + (blk.gamma2 * y).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize('order', [2, 3, 4, 5])
+@pytest.mark.parametrize('gf', [False, True])
+@pytest.mark.parametrize('channels_last', [False, True])
+def test_fast_block_equals_reference_formulation_in_outputs_and_gradients(order, gf, channels_last):
+    """The channels-last block (GEMM projections, s folded into kernels) against the original's formulation."""
+    from models.hornet import HorBlock
+    torch.manual_seed(order)
+    dim = 32
+    blk = HorBlock(dim, order=order, gf_size=(6, 4) if gf else None, layer_scale_init_value=0.5)
+    with torch.no_grad():
+        for p in blk.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(2, dim, 6, 6)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x_fast, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out = blk(x_fast)
+    out.square().sum().backward()
+    fast_grads = [p.grad.clone() for p in blk.parameters()]
+    blk.zero_grad()
+    ref = _reference_block(blk, x_ref)
+    ref.square().sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, rtol=1e-4, atol=1e-4)
+    for (name, p), g in zip(blk.named_parameters(), fast_grads):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-4, msg=lambda m: f'{name}: {m}')
 
 
 def test_gf_under_bf16_autocast_agrees_with_fp32_within_tolerance():
@@ -428,3 +498,24 @@ def test_pickled_code_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError):
         load_pretrained_file(_tiny(), str(tmp_path / 'plain.pkl'))
     assert not marker.exists()
+
+
+def test_fused_residual_draws_stochastic_depth_like_timm_drop_path():
+    """x + DropPath(gamma * y) as one addcmul: same masks (same RNG draws) and the same outputs."""
+    from timm.layers import DropPath
+    from models.hornet import HorBlock
+    torch.manual_seed(0)
+    blk = HorBlock(16, order=3, drop_path=0.5, layer_scale_init_value=0.5).train()
+    x = torch.randn(16, 16, 5, 5)
+    torch.manual_seed(7)
+    out = blk(x)
+    torch.manual_seed(7)
+    dp = DropPath(0.5)
+    xh = x.permute(0, 2, 3, 1)
+    n1 = blk.norm1
+    xh = xh + dp(blk.gamma1 * blk.gnconv.forward_nhwc(F.layer_norm(xh, n1.normalized_shape, n1.weight, n1.bias, n1.eps)))
+    ref = xh + dp(blk.gamma2 * blk.pwconv2(blk.act(blk.pwconv1(blk.norm2(xh)))))
+    torch.testing.assert_close(out, ref.permute(0, 3, 1, 2), rtol=1e-5, atol=1e-6)
+    assert not torch.equal(out, blk.eval()(x))  # some branches were dropped in training mode
+    blk.eval()
+    torch.testing.assert_close(blk(x), _reference_block(blk, x), rtol=1e-4, atol=1e-5)

@@ -90,8 +90,8 @@ def test_create_optimizer_uses_timm_registry_on_the_groups():
 def test_unknown_optimizer_or_unusable_options_are_user_errors():
     with pytest.raises(UserError, match=r"unknown optimizer 'adamx'.*adamw.*sgd"):
         create_optimizer(tiny_model(), 'adamx', lr=1e-3, weight_decay=0.05)
-    with pytest.raises(UserError, match='CUDA'):  # fused kernels need CUDA params; these are on the CPU
-        create_optimizer(tiny_model(), 'adamw', lr=1e-3, weight_decay=0.05, fused=True)
+    with pytest.raises(UserError, match='adamw only'):
+        create_optimizer(tiny_model(), 'sgd', lr=1e-3, weight_decay=0.05, fused=True)
     with pytest.raises(UserError, match='layer_decay'):
         param_groups(nn.Sequential(nn.Linear(2, 2)), 0.05, layer_decay=0.7)
 
@@ -136,3 +136,23 @@ def test_schedule_is_function_of_global_step_only():
         assert g['lr'] == lr_fn(25) * g['lr_scale']
         assert g['weight_decay'] == (wd_fn(25) if g['group_name'].endswith('_decay') and 'no_decay' not in
                                      g['group_name'] else 0.)
+
+
+@pytest.mark.parametrize('fused, opt, expected', [
+    (None, 'adamw', True), (None, 'sgd', None), (None, 'lookahead_adamw', True), (False, 'adamw', False),
+    (True, 'adamw', True)])
+def test_fused_adamw_is_used_by_default_on_cpu_and_steps_like_the_loop(fused, opt, expected):
+    model = tiny_model()
+    o = create_optimizer(model, opt, lr=1e-3, weight_decay=0.05, fused=fused)
+    inner = getattr(o, 'base_optimizer', o)
+    assert inner.defaults.get('fused') == expected or (expected is False and not inner.defaults.get('fused'))
+    if opt == 'adamw' and expected:  # one step of the fused kernel equals torch's per-tensor loop
+        ref_model = tiny_model()
+        ref_model.load_state_dict(model.state_dict())
+        ref = create_optimizer(ref_model, opt, lr=1e-3, weight_decay=0.05, fused=False)
+        x = torch.randn(2, 3, 32, 32)
+        for m, opt_ in ((model, o), (ref_model, ref)):
+            m(x).square().mean().backward()
+            opt_.step()
+        for a, b in zip(model.parameters(), ref_model.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
