@@ -145,6 +145,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='precision under --use_amp true: float16 (with loss scaling) or bfloat16')
     p.add_argument('--channels_last', type=str2bool, default=False)
     p.add_argument('--compile', type=str2bool, default=False, help='torch.compile the model')
+    p.add_argument('--grad_checkpointing', default='none', choices=['none', 'selective', 'full'],
+                   help='activation memory: selective recomputes norms/GELU/gating (~30%% less, ~7%% slower on '
+                        'CPU); full recomputes each block (~2x less)')
     p.add_argument('--fused_adamw', type=_auto_bool, default=None, metavar='{auto,true,false}',
                    help="torch's fused AdamW kernel; auto: whenever --opt is adamw (CPU or CUDA)")
     p.add_argument('--gf_impl', default='fft', choices=['fft', 'matmul'], help='Global Filter implementation')
@@ -261,6 +264,8 @@ def validate_args(args: argparse.Namespace) -> None:
         close = difflib.get_close_matches(opt_name, timm.optim.list_optimizers(), n=4)
         raise UserError(f"unknown --opt '{args.opt}'" + (f"; did you mean {', '.join(close)}?" if close else '') +
                         " (any timm optimizer name, e.g. adamw, sgd, lamb)")
+    if args.grad_checkpointing == 'selective' and not args.model.startswith('hornet_'):
+        raise UserError(f"--grad_checkpointing selective is for HorNet models, not {args.model} (use full or none)")
     if args.fused_adamw and opt_name != 'adamw':
         raise UserError(f"--fused_adamw true needs --opt adamw (got --opt {args.opt}); set --fused_adamw auto")
     if args.num_workers < 0:
@@ -387,6 +392,10 @@ def main(args: argparse.Namespace) -> int:
     model.to(ds.device)
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
+    if args.grad_checkpointing == 'full':
+        model.set_grad_checkpointing(True)
+    elif args.grad_checkpointing == 'selective':
+        model.set_selective_checkpointing(True)
     n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
     try:
         gflops = utils.count_flops(model, args.input_size) / 1e9

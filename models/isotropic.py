@@ -19,7 +19,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
-from .hornet import HorBlock, LayerNorm2d, _cfg
+from .hornet import HorBlock, LayerNorm2d, _cfg, set_selective_checkpointing
 from .weights import checkpoint_filter_fn, load_pretrained_file
 
 __all__ = ['HorNetIsotropic']
@@ -83,6 +83,11 @@ class HorNetIsotropic(nn.Module):
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def set_selective_checkpointing(self, enable: bool = True) -> None:
+        """See :meth:`models.hornet.HorNet.set_selective_checkpointing`."""
+        set_selective_checkpointing(self, enable)
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -247,7 +247,7 @@ class Case:
     """One model under one setting, with its optimizer, fixed batch and step functions."""
 
     def __init__(self, name: str, dtype: str, channels_last: bool, compile_: bool, gf_impl: Optional[str],
-                 args: argparse.Namespace, device: torch.device, original: Any, grad_ckpt: bool = False):
+                 args: argparse.Namespace, device: torch.device, original: Any, grad_ckpt: str = 'off'):
         self.name, self.dtype, self.channels_last, self.compile, self.gf_impl = (
             name, dtype, channels_last, compile_, gf_impl)
         self.grad_ckpt = grad_ckpt
@@ -264,10 +264,11 @@ class Case:
         model = build_model(name, args.input_size, gf_impl or 'fft', original).to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=fmt)
-        if grad_ckpt:
-            if not hasattr(model, 'set_grad_checkpointing'):
-                raise UserError(f"{name} has no set_grad_checkpointing(); drop it from --grad_checkpointing on runs")
-            model.set_grad_checkpointing(True)
+        if grad_ckpt != 'off':
+            method = 'set_grad_checkpointing' if grad_ckpt == 'on' else 'set_selective_checkpointing'
+            if not hasattr(model, method):
+                raise UserError(f"{name} has no {method}(); leave it out of --grad_checkpointing {grad_ckpt} runs")
+            getattr(model, method)(True)
         self.params = sum(p.numel() for p in model.parameters())
         self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
         self.x = self.x.contiguous(memory_format=fmt)
@@ -285,8 +286,8 @@ class Case:
         parts = [self.name, self.dtype, 'cl' if self.channels_last else 'nchw']
         if self.compile:
             parts.append('compile')
-        if self.grad_ckpt:
-            parts.append('ckpt')
+        if self.grad_ckpt != 'off':
+            parts.append('ckpt' if self.grad_ckpt == 'on' else 'sel-ckpt')
         if self.gf_impl:
             parts.append(f'gf={self.gf_impl}')
         return ' '.join(parts)
@@ -385,7 +386,7 @@ def build_cases(args: argparse.Namespace, device: torch.device, original: Any) -
                                 continue
                             try:
                                 c = Case(name, dtype, cl == 'on', comp == 'on', gf, args, device, original,
-                                         grad_ckpt=ck == 'on')
+                                         grad_ckpt=ck)
                             except UserError:
                                 raise
                             except Exception as e:  # noqa: BLE001 - a model that cannot be built is a user problem
@@ -647,12 +648,12 @@ def format_model_table(res: Dict[str, Any]) -> str:
     for r in res['results']:
         if r['error']:
             cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
-                     r['gf_impl'] or '-', 'on' if r.get('grad_checkpointing') else 'off',
+                     r['gf_impl'] or '-', r.get('grad_checkpointing') or 'off',
                      f"error: {r['error'][:80]}"] + [''] * 6
         else:
             mem = r['memory']
             cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
-                     r['gf_impl'] or '-', 'on' if r.get('grad_checkpointing') else 'off',
+                     r['gf_impl'] or '-', r.get('grad_checkpointing') or 'off',
                      _fmt(r['train_img_s']), _fmt(r['infer_img_s']),
                      _fmt(r.get('train_ratio_vs_baseline', {}), 3), _fmt(r.get('infer_ratio_vs_baseline', {}), 3),
                      _fmt(r.get('train_cpu_time_ratio_vs_baseline', {}), 3),
@@ -721,8 +722,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--compile', nargs='+', type=_on_off, default=['off'], metavar='{on,off}')
     p.add_argument('--gf_impl', nargs='+', choices=('fft', 'matmul'), default=['fft'],
                    help='Global Filter implementation(s) for our GF models')
-    p.add_argument('--grad_checkpointing', nargs='+', type=_on_off, default=['off'], metavar='{on,off}',
-                   help="activation checkpointing via the model's set_grad_checkpointing()")
+    p.add_argument('--grad_checkpointing', nargs='+', choices=('off', 'on', 'selective'), default=['off'],
+                   help="on: the model's set_grad_checkpointing(); selective: HorNet's set_selective_checkpointing()")
     p.add_argument('--batch_size', type=_positive, default=16)
     p.add_argument('--input_size', type=_positive, default=224)
     p.add_argument('--fused_adamw', type=_on_off, default='on', metavar='{on,off}',

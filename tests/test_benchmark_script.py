@@ -69,11 +69,11 @@ def test_bad_input_is_one_line_error(tmp_path):
 def test_memory_only_run_with_and_without_grad_checkpointing(tmp_path):
     out = tmp_path / 'mem.json'
     proc = _run('--models', 'hornet_micro_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '64',
-                '--repeats', '0', '--warmup', '1', '--grad_checkpointing', 'off', 'on', '--json', str(out))
+                '--repeats', '0', '--warmup', '1', '--grad_checkpointing', 'off', 'on', 'selective', '--json', str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads(out.read_text())['results']
-    assert [r['grad_checkpointing'] for r in rows] == [False, True]
-    assert 'ckpt' in rows[1]['label'] and 'ckpt' not in rows[0]['label']
+    assert [r['grad_checkpointing'] for r in rows] == ['off', 'on', 'selective']
+    assert 'ckpt' not in rows[0]['label'] and 'ckpt' in rows[1]['label'] and 'sel-ckpt' in rows[2]['label']
     for r in rows:
         assert r['error'] is None and r['train_img_s']['raw'] == []  # nothing timed
         assert r['memory']['train']['peak_mb'] > r['memory']['train']['state_mb'] > 0

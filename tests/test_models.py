@@ -519,3 +519,43 @@ def test_fused_residual_draws_stochastic_depth_like_timm_drop_path():
     assert not torch.equal(out, blk.eval()(x))  # some branches were dropped in training mode
     blk.eval()
     torch.testing.assert_close(blk(x), _reference_block(blk, x), rtol=1e-4, atol=1e-5)
+
+
+class _CountOps(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('gf', [False, True])
+def test_selective_checkpointing_recomputes_only_cheap_ops_and_keeps_gradients(gf):
+    """Backward re-runs LayerNorm/GELU but no GEMM or conv forward; full checkpointing re-runs them all."""
+    aten = torch.ops.aten
+    torch.manual_seed(0)
+    model = _tiny(gf=(None, None, (4, 3), (2, 2)) if gf else None)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    for mode in ('selective', 'full'):
+        model.zero_grad()
+        model.set_selective_checkpointing(mode == 'selective')
+        model.set_grad_checkpointing(mode == 'full')
+        loss = model(x).sum()
+        with _CountOps() as counted:
+            loss.backward()
+        forward_ops = {aten.addmm.default, aten.convolution.default}  # (an FFT also runs in the backward of one)
+        recomputed = {op for op in counted.ops if op in forward_ops}
+        if mode == 'selective':
+            assert aten.native_layer_norm.default in counted.ops and aten.gelu.default in counted.ops
+            assert not recomputed, recomputed
+        else:
+            assert aten.addmm.default in recomputed and aten.convolution.default in recomputed
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+    model.set_grad_checkpointing(False)
+    with torch.no_grad():  # no checkpointing machinery without autograd
+        torch.testing.assert_close(model(x), model.set_selective_checkpointing(False) or model(x))

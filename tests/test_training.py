@@ -164,6 +164,9 @@ def _cli_error(argv, capsys):
     (['--resume', '/nonexistent.pth'], '--resume /nonexistent.pth: file not found'),
     (['--opt', 'adamq'], 'adamq'),
     (['--epochs', 'ten'], "argument --epochs: invalid int value: 'ten'"),
+    (['--opt', 'sgd', '--fused_adamw', 'true'], '--fused_adamw true needs --opt adamw'),
+    (['--grad_checkpointing', 'some'], "--grad_checkpointing: invalid choice: 'some'"),
+    (['--model', 'convnext_atto', '--grad_checkpointing', 'selective'], 'selective is for HorNet models'),
 ])
 def test_bad_input_is_one_line_error_without_traceback(extra, expected, capsys, tmp_path, data):
     argv = base_args(data, tmp_path / 'out', nb_classes=4) + extra
@@ -292,3 +295,18 @@ def test_resume_after_kill_is_bitwise_identical(tmp_path, data, reference_run, s
     ck, ref = (torch.load(d / 'checkpoint-2.pth', weights_only=True) for d in (out, reference_run))
     assert_state_dicts_equal(ck['model_ema'], ref['model_ema'])
     assert not list(out.glob('.tmp-*'))
+
+
+def test_memory_saving_modes_and_optimizer_kernel_do_not_change_the_trained_weights(tmp_path, data):
+    """--grad_checkpointing selective/full recompute activations; --fused_adamw false is torch's per-tensor loop."""
+    runs = {}
+    for name, extra in [('plain', {}), ('selective', dict(grad_checkpointing='selective')),
+                        ('full', dict(grad_checkpointing='full')), ('loop', dict(fused_adamw='false'))]:
+        out = tmp_path / name
+        proc = run_main(base_args(data, out, epochs=1, disable_eval='true', **extra))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[name] = load_model_sd(out / 'checkpoint-0.pth')
+    for name in ('selective', 'full'):
+        assert_state_dicts_equal(runs['plain'], runs[name])
+    for k, v in runs['plain'].items():  # fused and looped AdamW agree to rounding
+        torch.testing.assert_close(runs['loop'][k], v, rtol=1e-4, atol=1e-5, msg=lambda m: f'{k}: {m}')
