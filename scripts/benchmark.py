@@ -508,7 +508,7 @@ def train_transform(input_size: int) -> Tuple[Callable, str]:
     """The training transform of this project (``datasets.build_transform``: timm create_transform with the
     original recipe, plus its 0-bit posterize fix for current Pillow), or plain timm where that is missing."""
     recipe = dict(input_size=input_size, color_jitter=0.4, aa='rand-m9-mstd0.5-inc1', train_interpolation='bicubic',
-                  reprob=0.25, remode='pixel', recount=1)
+                  reprob=0.25, remode='pixel', recount=1, imagenet_default_mean_and_std=True)
     try:
         import datasets
         return datasets.build_transform(True, argparse.Namespace(**recipe)), 'datasets.build_transform'
