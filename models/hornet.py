@@ -271,7 +271,7 @@ class HorBlock(nn.Module):
         keep = 1. - dp.drop_prob
         mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)
         if dp.scale_by_keep:
-            mask.div_(keep)
+            mask = mask / keep
         return mask if gamma is None else mask * gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -559,3 +559,14 @@ def test_selective_checkpointing_recomputes_only_cheap_ops_and_keeps_gradients(g
     model.set_grad_checkpointing(False)
     with torch.no_grad():  # no checkpointing machinery without autograd
         torch.testing.assert_close(model(x), model.set_selective_checkpointing(False) or model(x))
+
+
+@pytest.mark.parametrize('name, impl, selective', [
+    ('hornet_micro_7x7', 'fft', False), ('hornet_micro_gf', 'matmul', False), ('hornet_micro_7x7', 'fft', True)])
+def test_training_forward_is_captured_by_torch_compile_as_one_graph(name, impl, selective):
+    """No graph breaks (stochastic depth, Global Filter, selective checkpointing included)."""
+    model = timm.create_model(name, drop_path_rate=0.1, gf_impl=impl).train()
+    model.set_selective_checkpointing(selective)
+    explained = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
