@@ -411,8 +411,10 @@ def main(args: argparse.Namespace) -> int:
                                device=torch.device('cpu') if args.model_ema_force_cpu else None)
     model_without_ddp = model
     if ds.distributed:
+        # gradient_as_bucket_view: gradients live in DDP's all-reduce buckets instead of beside them (one copy of
+        # the gradients less per process, 0.8 GB for HorNet-L in fp32)
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ds.device.index] if ds.device.type == 'cuda' else None)
+            model, device_ids=[ds.device.index] if ds.device.type == 'cuda' else None, gradient_as_bucket_view=True)
     train_model = torch.compile(model) if args.compile else model
 
     # ---- eval loader (exact: no padding, every sample once)
