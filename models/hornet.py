@@ -2,9 +2,10 @@
 
 The module tree and parameter names mirror the original release exactly, so its checkpoints load with
 ``strict=True``; :func:`checkpoint_filter_fn` also maps mmpretrain's published files and this project's own.
-Forward passes are the same function as the original code (fp32 logits agree to ~1e-5) but use faster
-kernels: ``F.layer_norm`` on a channels-last view instead of a mean/pow chain, and (optionally) the Global
-Filter as a pair of small DFT matmuls instead of rfft2/irfft2.
+Forward passes are the same function as the original code (fp32 logits agree to ~1e-5; outputs and gradients
+are tested against the original formulation) but are computed channels-last: ``F.layer_norm`` instead of a
+mean/pow chain, the gnConv 1x1 projections as GEMMs, one ``addcmul`` per residual update, and (optionally) the
+Global Filter as small DFT matmuls instead of rfft2/irfft2. Measurements: BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -194,8 +195,8 @@ class GnConv(nn.Module):
         """The same function on an NHWC tensor.
 
         The 1x1 projections are GEMMs over the channel dim (``F.linear`` on the conv weights viewed as
-        matrices), which on CPU back-propagate about twice as fast as oneDNN's 1x1 convolutions on the mixed
-        layouts the gating chain produces; the output scale s is folded into the depthwise kernel and bias.
+        matrices), like the MLP's, with no layout conversion between them and the gating multiplies; the output
+        scale s is folded into the depthwise kernel and bias (or the Global Filter's post-norm).
         """
         fused = F.linear(x, self.proj_in.weight.flatten(1), self.proj_in.bias)
         pwa, abc = torch.split(fused, (self.dims[0], sum(self.dims)), dim=-1)
