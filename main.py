@@ -146,8 +146,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--channels_last', type=str2bool, default=False)
     p.add_argument('--compile', type=str2bool, default=False, help='torch.compile the model')
     p.add_argument('--grad_checkpointing', default='none', choices=['none', 'selective', 'full'],
-                   help='activation memory: selective recomputes norms/GELU/gating (~30%% less, ~7%% slower on '
-                        'CPU); full recomputes each block (~2x less)')
+                   help='activation memory: selective recomputes norms/GELU/gating (~40%% less, ~7%% slower on '
+                        'CPU); full recomputes each block (~8x less)')
     p.add_argument('--fused_adamw', type=_auto_bool, default=None, metavar='{auto,true,false}',
                    help="torch's fused AdamW kernel; auto: whenever --opt is adamw (CPU or CUDA)")
     p.add_argument('--gf_impl', default='fft', choices=['fft', 'matmul'], help='Global Filter implementation')

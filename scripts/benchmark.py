@@ -13,6 +13,9 @@ Peak memory is measured on a separate, untimed step per case:
   * CPU: peak resident set size (RSS, ``/proc/self/statm`` sampled every 1 ms by a thread) during the step minus
     RSS just before it (after ``gc.collect()`` and glibc ``malloc_trim(0)``), plus parameters and optimizer state.
 
+``--mode memory`` counts the exact tensor memory of one training step (parameters, AdamW state, gradients,
+activations) on fake tensors: no arithmetic runs, so any model and batch size takes seconds on any machine.
+
 ``--mode data`` times the training transform (this project's ``datasets.build_transform``, i.e. timm
 ``create_transform`` with RandAugment rand-m9-mstd0.5-inc1, color jitter 0.4, bicubic RandomResizedCrop, random
 erasing 0.25, as the original recipe) through a DataLoader for each ``--workers`` count on ``--data_path`` (an
@@ -24,6 +27,7 @@ Examples::
     python scripts/benchmark.py --models hornet_tiny_7x7 orig:hornet_tiny_7x7 --original /tmp/orig/hornet.py
     python scripts/benchmark.py --device cuda --dtype fp32 bf16 fp16 --channels_last off on --compile off on
     python scripts/benchmark.py --mode data --workers 0 1 2
+    python scripts/benchmark.py --mode memory --models hornet_large_7x7 --grad_checkpointing off on selective --batch_size 32
 """
 from __future__ import annotations
 
@@ -531,6 +535,88 @@ def _image_folder(root: str, transform: Callable) -> Any:
             raise UserError(f"--data_path {root}: no images in class sub-folders ({' '.join(str(e).split())[:150]})")
 
 
+def tensor_memory_of_step(name: str, batch: int, input_size: int, grad_ckpt: str, dtype: str) -> Dict[str, float]:
+    """Exact live-tensor bytes at the peak of one steady-state training step, by category, without running it.
+
+    The model, optimizer and batch are fake tensors (``FakeTensorMode``): shapes and allocations are real, no
+    arithmetic happens, so HorNet-L at batch 32 takes seconds on any machine. torch's ``MemTracker`` attributes
+    every live tensor to parameters, gradients, optimizer state, activations or temporaries. This is what a
+    GPU's ``max_memory_allocated`` reports, less allocator fragmentation and cuDNN workspaces.
+    """
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError as e:  # pragma: no cover - present in torch >= 2.5
+        raise UserError(f"--mode memory needs torch's MemTracker (torch >= 2.5): {e}") from None
+    import timm
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model = model.to_empty(device='cpu')
+        if grad_ckpt == 'on':
+            model.set_grad_checkpointing(True)
+        elif grad_ckpt == 'selective':
+            if not hasattr(model, 'set_selective_checkpointing'):
+                raise UserError(f"{name} has no set_selective_checkpointing(); leave it out of selective runs")
+            model.set_selective_checkpointing(True)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)  # same state bytes as fused
+        x = torch.randn(batch, 3, input_size, input_size)
+        y = torch.randint(0, 1000, (batch,))
+
+        def step() -> None:
+            ctx = torch.autocast('cpu', dtype=DTYPES[dtype]) if dtype != 'fp32' else contextlib.nullcontext()
+            with ctx:
+                loss = F.cross_entropy(model(x).float(), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()  # the optimizer state exists from the second step on
+        tracker = MemTracker()
+        tracker.track_external(model, opt)
+        with tracker:
+            step()
+        peak = tracker.get_tracker_snapshot('peak')
+    per_device = next(iter(peak.values()))
+    return {str(k).split('.')[-1].lower(): v / 2 ** 30 for k, v in per_device.items()}
+
+
+def run_memory(args: argparse.Namespace) -> Dict[str, Any]:
+    check_models(args.models, None)
+    results = []
+    for name in dict.fromkeys(args.models):
+        for dtype in dict.fromkeys(args.dtype):
+            for ck in dict.fromkeys(args.grad_checkpointing):
+                t0 = time.perf_counter()
+                row: Dict[str, Any] = dict(model=name, dtype=dtype, grad_checkpointing=ck, error=None)
+                try:
+                    row['gib'] = tensor_memory_of_step(name, args.batch_size, args.input_size, ck, dtype)
+                except UserError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - one model that cannot be traced must not stop the rest
+                    row['error'] = _err(e)
+                _logger.info('%s %s ckpt=%s: %s (%.0fs)', name, dtype, ck,
+                             row.get('gib', {}).get('total', row['error']), time.perf_counter() - t0)
+                results.append(row)
+    meta = dict(environment(torch.device('cpu')), method='FakeTensorMode + torch.distributed._tools.MemTracker')
+    return dict(meta=meta, settings=settings_dict(args), results=results)
+
+
+def format_memory_table(res: Dict[str, Any]) -> str:
+    lines = ['| model | dtype | checkpointing | params | optimizer | gradients | activations | temporaries | '
+             'peak total (GiB) | vs first row |', '|---|---|---|--:|--:|--:|--:|--:|--:|--:|']
+    first = next((r['gib']['total'] for r in res['results'] if not r['error']), None)
+    for r in res['results']:
+        if r['error']:
+            lines.append(f"| {r['model']} | {r['dtype']} | {r['grad_checkpointing']} | error: {r['error'][:80]} |")
+            continue
+        g = r['gib']
+        lines.append(f"| {r['model']} | {r['dtype']} | {r['grad_checkpointing']} | {g.get('param', 0):.2f} | "
+                     f"{g.get('opt', 0):.2f} | {g.get('grad', 0):.2f} | {g.get('act', 0):.2f} | {g.get('temp', 0):.2f} "
+                     f"| {g['total']:.2f} | {g['total'] / first:.2f}x |")
+    return '\n'.join(lines)
+
+
 def run_data(args: argparse.Namespace) -> Dict[str, Any]:
     from torch.utils.data import DataLoader, Subset
     if args.threads:
@@ -710,7 +796,9 @@ def _non_negative(v: str) -> int:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument('--mode', choices=('model', 'data'), default='model')
+    p.add_argument('--mode', choices=('model', 'data', 'memory'), default='model',
+                   help='model: timed throughput and measured peak memory; data: the input pipeline; memory: exact '
+                        'tensor memory of a training step on fake tensors (no compute, any batch size)')
     p.add_argument('--models', nargs='+', default=list(DEFAULT_MODELS),
                    help=f'timm names; {ORIG_PREFIX}<hornet variant> for the original release (needs --original)')
     p.add_argument('--original', default=None, help="the original release's hornet.py (adds orig:hornet_tiny_7x7)")
@@ -759,11 +847,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             d = os.path.dirname(os.path.abspath(args.json))
             if not os.path.isdir(d):
                 raise UserError(f"--json {args.json}: directory {d} does not exist")
-        res = run_data(args) if args.mode == 'data' else run_models(args)
+        res = {'data': run_data, 'memory': run_memory, 'model': run_models}[args.mode](args)
         print(f"\n{res['meta']['device_name']} | torch {res['meta']['torch']} | CUDA {res['meta']['cuda']} | "
-              f"batch {args.batch_size if args.mode == 'model' else args.data_batch_size} | "
-              f"input {args.input_size if args.mode == 'model' else args.data_input_size}")
-        print(format_data_table(res) if args.mode == 'data' else format_model_table(res))
+              f"batch {args.batch_size if args.mode != 'data' else args.data_batch_size} | "
+              f"input {args.input_size if args.mode != 'data' else args.data_input_size}")
+        print({'data': format_data_table, 'memory': format_memory_table, 'model': format_model_table}[args.mode](res))
         if args.json:
             with open(args.json, 'w') as f:
                 json.dump(res, f, indent=2)

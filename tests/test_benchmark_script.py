@@ -77,3 +77,25 @@ def test_memory_only_run_with_and_without_grad_checkpointing(tmp_path):
     for r in rows:
         assert r['error'] is None and r['train_img_s']['raw'] == []  # nothing timed
         assert r['memory']['train']['peak_mb'] > r['memory']['train']['state_mb'] > 0
+
+
+def test_memory_mode_accounts_every_byte_of_a_fake_training_step(tmp_path):
+    """Parameters and AdamW state are exact; activations grow with the batch; checkpointing shrinks them."""
+    out = tmp_path / 'mem.json'
+    proc = _run('--mode', 'memory', '--models', 'hornet_micro_7x7', '--grad_checkpointing', 'off', 'on', 'selective',
+                '--batch_size', '4', '--input_size', '64', '--json', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())['results']
+    import timm
+    import models  # noqa: F401
+    n = sum(p.numel() for p in timm.create_model('hornet_micro_7x7').parameters())
+    gib = {r['grad_checkpointing']: r['gib'] for r in rows}
+    for g in gib.values():
+        assert abs(g['param'] * 2 ** 30 - 4 * n) < 1e-6 * 2 ** 30  # fp32 parameters
+        assert abs(g['opt'] * 2 ** 30 - 8 * n) <= 64 * 1024  # two AdamW moments (+ step counters)
+    assert gib['on']['act'] < gib['selective']['act'] < gib['off']['act']
+    proc = _run('--mode', 'memory', '--models', 'hornet_micro_7x7', '--batch_size', '8', '--input_size', '64',
+                '--json', str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    act8 = json.loads(out.read_text())['results'][0]['gib']['act']
+    assert 1.9 < act8 / gib['off']['act'] < 2.1  # activations scale with the batch
