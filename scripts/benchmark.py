@@ -247,6 +247,16 @@ def has_global_filter(model: nn.Module) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------- cases
+def apply_checkpointing(model: nn.Module, name: str, mode: str) -> None:
+    """``--grad_checkpointing`` value: off, on (timm's set_grad_checkpointing) or selective (HorNet's)."""
+    if mode == 'off':
+        return
+    method = 'set_grad_checkpointing' if mode == 'on' else 'set_selective_checkpointing'
+    if not hasattr(model, method):
+        raise UserError(f"{name} has no {method}(); leave it out of --grad_checkpointing {mode} runs")
+    getattr(model, method)(True)
+
+
 class Case:
     """One model under one setting, with its optimizer, fixed batch and step functions."""
 
@@ -268,11 +278,7 @@ class Case:
         model = build_model(name, args.input_size, gf_impl or 'fft', original).to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.model = model.to(memory_format=fmt)
-        if grad_ckpt != 'off':
-            method = 'set_grad_checkpointing' if grad_ckpt == 'on' else 'set_selective_checkpointing'
-            if not hasattr(model, method):
-                raise UserError(f"{name} has no {method}(); leave it out of --grad_checkpointing {grad_ckpt} runs")
-            getattr(model, method)(True)
+        apply_checkpointing(model, name, grad_ckpt)
         self.params = sum(p.numel() for p in model.parameters())
         self.x = torch.randn(args.batch_size, 3, args.input_size, args.input_size, device=device)
         self.x = self.x.contiguous(memory_format=fmt)
@@ -553,12 +559,7 @@ def tensor_memory_of_step(name: str, batch: int, input_size: int, grad_ckpt: str
         model = timm.create_model(name)
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to_empty(device='cpu')
-        if grad_ckpt == 'on':
-            model.set_grad_checkpointing(True)
-        elif grad_ckpt == 'selective':
-            if not hasattr(model, 'set_selective_checkpointing'):
-                raise UserError(f"{name} has no set_selective_checkpointing(); leave it out of selective runs")
-            model.set_selective_checkpointing(True)
+        apply_checkpointing(model, name, grad_ckpt)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)  # same state bytes as fused
         x = torch.randn(batch, 3, input_size, input_size)
         y = torch.randint(0, 1000, (batch,))
@@ -773,24 +774,21 @@ def _on_off(v: str) -> str:
     return v
 
 
-def _positive(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}") from None
-    if i <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v!r}")
-    return i
+def _int_at_least(lowest: int, what: str) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``lowest``, else a one-line error saying ``what`` was expected."""
+    def parse(v: str) -> int:
+        try:
+            i = int(v)
+        except ValueError:
+            i = lowest - 1
+        if i < lowest:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {v!r}")
+        return i
+    return parse
 
 
-def _non_negative(v: str) -> int:
-    try:
-        i = int(v)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}") from None
-    if i < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v!r}")
-    return i
+_positive = _int_at_least(1, 'a positive integer')
+_non_negative = _int_at_least(0, 'an integer >= 0')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
