@@ -856,7 +856,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _logger.info('wrote %s', args.json)
         failed = [r for r in res['results'] if r.get('error')]
         if failed:
-            print(f"error: {len(failed)} case(s) failed: " + '; '.join(f"{r['label']}: {r['error']}" for r in failed),
+            print(f"error: {len(failed)} case(s) failed: " + '; '.join(f"{r.get('label', r['model'])}: {r['error']}" for r in failed),
                   file=sys.stderr)
             return 1
     except UserError as e:
