@@ -669,6 +669,31 @@ def _quickstart_image(kind: int, size: int, rng: np.random.Generator) -> np.ndar
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
+def quickstart_class_names(num_classes: int = len(QUICKSTART_CLASSES)) -> List[str]:
+    """The quick-start class names in the model's label order: the class folders sorted by name, as every folder
+    data set is labelled (``find_classes``), not the generation order of ``QUICKSTART_CLASSES``."""
+    return sorted(QUICKSTART_CLASSES[:num_classes])
+
+
+def _repair_marker_class_order(root: str, marker: Dict[str, Any]) -> None:
+    """Markers written before the fix list the classes in generation order, which is not the label order: rewrite
+    the list (best effort, atomically; the images are unchanged, a read-only folder is left as it is)."""
+    classes = marker.get('classes')
+    if not isinstance(classes, list) or classes == sorted(classes):
+        return
+    path = os.path.join(root, QUICKSTART_MARKER)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix='.' + QUICKSTART_MARKER, dir=root)
+        with os.fdopen(fd, 'w') as f:
+            json.dump({**marker, 'classes': sorted(classes)}, f, indent=1)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.debug('could not rewrite %s in label order: %s', path, exc)
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def _read_marker(root: str) -> Optional[Dict[str, Any]]:
     try:
         with open(os.path.join(root, QUICKSTART_MARKER)) as f:
@@ -712,6 +737,7 @@ def make_quickstart_dataset(root: str, num_classes: int = 10, train_per_class: i
 
     if reuse_or_fail():
         logger.info('Reusing QUICKSTART dataset at %s', root)
+        _repair_marker_class_order(root, _read_marker(root) or {})
         return root
 
     parent = os.path.dirname(root)
@@ -730,7 +756,7 @@ def make_quickstart_dataset(root: str, num_classes: int = 10, train_per_class: i
                     Image.fromarray(_quickstart_image(kind, image_size, rng)).save(
                         os.path.join(class_dir, f'{name}_{i:05d}.png'), format='PNG')
         with open(os.path.join(tmp, QUICKSTART_MARKER), 'w') as f:
-            json.dump({**params, 'classes': list(QUICKSTART_CLASSES[:num_classes])}, f, indent=1)
+            json.dump({**params, 'classes': quickstart_class_names(num_classes)}, f, indent=1)
         try:
             os.rename(tmp, root)  # atomic; succeeds onto a missing or empty directory only
         except OSError:
@@ -746,6 +772,8 @@ def make_quickstart_dataset(root: str, num_classes: int = 10, train_per_class: i
 def _ensure_quickstart(root: str) -> str:
     """Reuse any complete QUICKSTART dataset at ``root`` (whatever its parameters), else generate the default one."""
     root = os.path.abspath(root)
-    if _read_marker(root) is not None:
+    marker = _read_marker(root)
+    if marker is not None:
+        _repair_marker_class_order(root, marker)
         return root
     return make_quickstart_dataset(root)

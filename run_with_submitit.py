@@ -9,6 +9,8 @@ with checkpoint-at-the-current-step and requeue on preemption or time limit.
 Every flag of ``main.py`` is accepted (and ``--config``); the flags below are added. The job directory
 (``--job_dir``, default ``./jobs/<job_name or model>``) holds submitit's files (``slurm/<job id>_*``) and is
 the default ``--output_dir``: it does not depend on the job id, so a requeued job finds its checkpoints.
+An empty ``--output_dir ''`` also means the job directory here (for ``main.py`` alone it means "save nothing"):
+a SLURM job must save checkpoints to resume after a requeue, so the launcher never passes an empty one on.
 Submitted jobs always auto-resume from the newest checkpoint in ``--output_dir`` (which then wins over
 ``--resume``, the starting point of the first run only).
 
@@ -71,7 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--timeout', default=72, type=float, help='job time limit in hours (fractions allowed)')
     g.add_argument('--job_name', default='', type=str, help='SLURM job name (default: the model name)')
     g.add_argument('--job_dir', default='', type=str,
-                   help='job directory (submitit files; default --output_dir); default ./jobs/<job_name>')
+                   help="job directory: submitit's files, and --output_dir when that is unset or ''; "
+                        "default ./jobs/<job_name>")
     g.add_argument('--partition', default='', type=str, help='partition (default: the cluster default)')
     g.add_argument('--use_volta32', type=hornet_main.str2bool, nargs='?', const=True, default=False,
                    help='add the constraint volta32gb (a FAIR cluster feature name)')
@@ -93,6 +96,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='shell line run before the job (e.g. "module load cuda"); repeatable')
     g.add_argument('--dry_run', type=hornet_main.str2bool, nargs='?', const=True, default=False,
                    help='print the sbatch script and exit without submitting')
+    for action in p._actions:  # the same flag means something else here: say so in --help
+        if action.dest == 'output_dir':
+            action.help = ("checkpoints, log.txt and train.log (run_with_submitit.py: unset or '' means --job_dir; "
+                           "a job must save to resume after a requeue)")
     return p
 
 
@@ -137,7 +144,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if not args.job_dir:
         args.job_dir = os.path.join('.', 'jobs', args.job_name)
     args.job_dir = os.path.abspath(os.path.expanduser(args.job_dir))
-    if not args.output_dir:
+    if not args.output_dir:  # unset, or '' (which main.py alone reads as "save nothing"): the job directory
         args.output_dir = args.job_dir
     for name in _PATH_FLAGS:
         value = getattr(args, name, None)

@@ -3,6 +3,7 @@
 
 Usage (from the repository root)::
 
+    python scripts/export.py --checkpoint output/quickstart/checkpoint-best.pth --output quickstart.onnx
     python scripts/export.py --model hornet_tiny_7x7 --checkpoint hornet_tiny_7x7.pth --output hornet_tiny.onnx
     python scripts/export.py --model hornet_base_gf --checkpoint ckpt.pth --output gf.onnx --dynamic_batch
 
@@ -10,6 +11,10 @@ Global Filter variants are exported through the DFT-as-matmul path (``set_gf_imp
 no FFT), which computes the same function as the reference rfft2/irfft2 path. After export the ONNX model runs in
 onnxruntime on a random input and is compared with the PyTorch fp32 eager model (reference FFT path); the script
 exits non-zero when they disagree beyond ``--atol``/``--rtol``.
+
+A checkpoint written by ``main.py`` records its variant (``args.model``) and resolution (``args.input_size``): they
+are the defaults of ``--model`` and ``--input_size``. An explicit ``--input_size`` wins, with a warning when it
+differs from the checkpoint's.
 """
 from __future__ import annotations
 
@@ -23,7 +28,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if str(Path(__file__).resolve().parent) not in sys.path:  # checkpoint_meta (there already when run as a script)
+    sys.path.append(str(Path(__file__).resolve().parent))
 
+import checkpoint_meta  # noqa: E402
 from errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:  # torch, timm and the models are imported once the arguments are checked (fast errors)
@@ -40,12 +48,14 @@ DEFAULT_OPSET = 17  # LayerNormalization is a single op from opset 17
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description='Export a HorNet variant to ONNX and verify it with onnxruntime.')
-    p.add_argument('--model', required=True, help='variant name, e.g. hornet_tiny_7x7, hornet_base_gf')
+    p.add_argument('--model', default=None, help='variant name, e.g. hornet_tiny_7x7, hornet_base_gf (default: the '
+                   'one the checkpoint records, else the variant its weights look like)')
     p.add_argument('--checkpoint', default=None, help='weights (any supported format); without it the '
                    'random initial weights are exported')
     p.add_argument('--use_ema', action='store_true', help='export the EMA weights of a training checkpoint')
     p.add_argument('--output', required=True, help='ONNX file to write')
-    p.add_argument('--input_size', type=int, default=None, help="image side (default: the model's, 224 or 384)")
+    p.add_argument('--input_size', type=int, default=None,
+                   help="image side (default: the checkpoint's args.input_size, else the model's, 224 or 384)")
     p.add_argument('--opset', type=int, default=DEFAULT_OPSET, help=f'ONNX opset (default {DEFAULT_OPSET})')
     p.add_argument('--dynamic_batch', action='store_true', help='make the batch dimension dynamic')
     p.add_argument('--exporter', choices=('auto', 'legacy', 'dynamo'), default='auto',
@@ -59,21 +69,34 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_model(name: str, checkpoint: Optional[str], use_ema: bool) -> nn.Module:
-    """Create ``name`` with the checkpoint's class count (0 for a backbone-only file) and load it strictly."""
+def build_model(name: Optional[str], checkpoint: Optional[str],
+                use_ema: bool) -> Tuple[nn.Module, str, checkpoint_meta.CheckpointInfo]:
+    """Create the model with the checkpoint's class count (0 for a backbone-only file) and load it strictly;
+    returns the model, its variant name and what the checkpoint records about its run."""
     import timm
 
     import models  # noqa: F401  (registers the HorNet variants with timm)
     from models import CheckpointError, safe_load
-    from models.weights import extract_state_dict
+    from models.weights import extract_state_dict, guess_variant
 
-    if name not in timm.list_models('hornet*'):
-        raise UserError(f"unknown model {name!r} (choose one of: {', '.join(timm.list_models('hornet*'))})")
+    known = timm.list_models('hornet*')
+    if name is not None and name not in known:
+        raise UserError(f"unknown model {name!r} (choose one of: {', '.join(known)})")
     if checkpoint is None:
+        if name is None:
+            raise UserError('pass --model NAME (or --checkpoint FILE, whose variant is then used)')
         _logger.warning('no --checkpoint: exporting the random initial weights')
-        return timm.create_model(name).eval()
+        return timm.create_model(name).eval(), name, checkpoint_meta.CheckpointInfo()
     try:
-        sd = extract_state_dict(safe_load(checkpoint), use_ema=use_ema, path=checkpoint)
+        raw = safe_load(checkpoint)
+        info = checkpoint_meta.read_info(raw)
+        sd = extract_state_dict(raw, use_ema=use_ema, path=checkpoint)
+        if name is None:
+            name = info.model if info.model in known else guess_variant(sd)
+            if name is None:
+                raise UserError(f"{checkpoint} does not record its model and does not look like a released variant: "
+                                f"pass --model NAME")
+            _logger.info('model %s (from the checkpoint)', name)
         heads = [v for k, v in sd.items() if _HEAD_KEY.match(k)]
         num_classes = int(heads[0].shape[0]) if heads and heads[0].ndim == 2 else 0
         if num_classes == 0:
@@ -82,7 +105,7 @@ def build_model(name: str, checkpoint: Optional[str], use_ema: bool) -> nn.Modul
         model = create_model_with_weights(name, num_classes, sd, checkpoint)
     except CheckpointError as e:  # already one line naming the file and the fix
         raise UserError(str(e)) from None
-    return model.eval()
+    return model.eval(), name, info
 
 
 def set_gf_impl(model: nn.Module, impl: str) -> int:
@@ -192,14 +215,15 @@ def run(args: argparse.Namespace) -> int:
         _logger.warning('--output %s does not end in .onnx', args.output)
 
     import numpy as np
-    model = build_model(args.model, args.checkpoint, args.use_ema)
-    size = args.input_size or int(model.pretrained_cfg.get('input_size', (3, 224, 224))[-1])
+    model, name, info = build_model(args.model, args.checkpoint, args.use_ema)
+    size = checkpoint_meta.resolve_input_size(args.input_size, info,
+                                              int(model.pretrained_cfg.get('input_size', (3, 224, 224))[-1]))
     n_gf = set_gf_impl(model, 'matmul')
     start = time.perf_counter()
     kind = export(model, args.output, size, args.opset, args.dynamic_batch, args.exporter)
     seconds = time.perf_counter() - start
     n_nodes, opset, fft_ops = check_graph(args.output) if not args.no_verify else (0, args.opset, [])
-    print(f"exported {args.model} ({size}x{size}, opset {opset}, {kind} exporter"
+    print(f"exported {name} ({size}x{size}, opset {opset}, {kind} exporter"
           f"{', Global Filter as matmul' if n_gf else ''}{', dynamic batch' if args.dynamic_batch else ''}) "
           f"to {args.output} in {seconds:.1f} s ({out.stat().st_size / 2**20:.1f} MiB)")
     if args.no_verify:
@@ -227,8 +251,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: returns the exit status; user errors are one line on stderr."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-    for name in ('export', 'models'):  # -v: our progress, not every library's INFO chatter
-        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    for logger in ('export', 'models', 'checkpoint_meta'):  # -v: our progress, not every library's INFO chatter
+        logging.getLogger(logger).setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return run(args)
     except UserError as e:

@@ -3,13 +3,21 @@
 
 Usage (from the repository root)::
 
+    python scripts/predict.py --checkpoint output/quickstart/checkpoint-best.pth data/quickstart/val
     python scripts/predict.py --model hornet_tiny_7x7 --checkpoint hornet_tiny_7x7.pth cat.jpg photos/
     python scripts/predict.py --model hornet_base_gf --checkpoint ckpt.pth --topk 3 --json preds.json photos/
 
-PATHS are image files or folders (searched recursively for image extensions). Images go through the model's
-evaluation transform (its pretrained_cfg: resize by crop_pct 0.875, bicubic, center crop, ImageNet mean/std).
-A 1000-class head prints ImageNet class names (timm's bundled table, nothing is downloaded); other heads print
-class indices, or names from ``--class_names FILE`` (one per line).
+PATHS are image files or folders (searched recursively for image extensions). Images go through the evaluation
+transform of ``main.py --eval`` (``datasets.build_transform``: bicubic resize of the shorter side to
+``input_size / crop_pct`` and a center crop; a square warp at 384 px and above; normalization), so predictions on
+a validation folder reproduce the accuracy ``--eval`` reports.
+
+What a checkpoint written by ``main.py`` records is used unless a flag says otherwise: the variant
+(``args.model``), the resolution (``args.input_size``; an explicit ``--input_size`` wins, with a warning when it
+differs) and the class names (a ``class_names`` list in the checkpoint, else the sorted class folders of the data
+set it was trained on, the label order of ``datasets.py``, when that folder exists here). Other heads of 1000
+classes print ImageNet class names (timm's bundled table, nothing is downloaded); the rest print class indices, or
+names from ``--class_names FILE`` (one per line, in label order).
 """
 from __future__ import annotations
 
@@ -22,7 +30,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+if str(Path(__file__).resolve().parent) not in sys.path:  # checkpoint_meta (there already when run as a script)
+    sys.path.append(str(Path(__file__).resolve().parent))
 
+import checkpoint_meta  # noqa: E402
 from errors import UserError  # noqa: E402
 
 if TYPE_CHECKING:  # torch, timm and the models are imported once the arguments are checked (fast errors)
@@ -41,15 +52,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(description='Top-k ImageNet predictions of a HorNet checkpoint for image files.')
     p.add_argument('paths', nargs='+', metavar='PATH', help='image files or folders (searched recursively)')
-    p.add_argument('--model', default='hornet_tiny_7x7', help='variant name, e.g. hornet_tiny_7x7, hornet_base_gf')
+    p.add_argument('--model', default=None, help='variant name, e.g. hornet_tiny_7x7, hornet_base_gf (default: the '
+                   'one the checkpoint records, else the variant its weights look like, else hornet_tiny_7x7)')
     p.add_argument('--checkpoint', default=None, help='weights: original release, mmpretrain, this project, '
                    'bare state dict or .safetensors')
     p.add_argument('--use_ema', action='store_true', help='use the EMA weights of a training checkpoint')
-    p.add_argument('--input_size', type=int, default=None, help="image side (default: the model's, 224 or 384)")
+    p.add_argument('--input_size', type=int, default=None,
+                   help="image side (default: the checkpoint's args.input_size, else the model's, 224 or 384)")
     p.add_argument('--topk', type=int, default=5, help='classes to print per image')
     p.add_argument('--batch_size', type=int, default=16)
-    p.add_argument('--class_names', default=None, help='text file with one class name per line (for heads that '
-                   'are not ImageNet-1k, or to override the ImageNet names)')
+    p.add_argument('--class_names', default=None, help='text file with one class name per line, in label order '
+                   '(default: the names the checkpoint records or its training folders, else ImageNet names for '
+                   '1000 classes, else indices)')
     p.add_argument('--json', default=None, metavar='FILE', help='also write the predictions to FILE as JSON')
     p.add_argument('--device', default=None, help='cpu, cuda, cuda:1 ... (default: cuda if available)')
     p.add_argument('--skip_bad', action='store_true', help='warn about unreadable images and go on')
@@ -88,34 +102,58 @@ def head_classes(state_dict: Dict[str, torch.Tensor], path: str) -> int:
                     f"predict needs a classification checkpoint")
 
 
-def build_model(name: str, checkpoint: Optional[str], use_ema: bool, allow_random: bool) -> nn.Module:
-    """Create ``name`` with the checkpoint's class count and load its weights strictly."""
+def build_model(name: Optional[str], checkpoint: Optional[str], use_ema: bool,
+                allow_random: bool) -> Tuple[nn.Module, checkpoint_meta.CheckpointInfo]:
+    """Create the model with the checkpoint's class count and load its weights strictly; also returns what the
+    checkpoint records about its run. ``name`` None: the checkpoint's ``args.model``, else the variant the weights
+    look like, else hornet_tiny_7x7."""
     import timm
 
     import models  # noqa: F401  (registers the HorNet variants with timm)
     from models import CheckpointError, safe_load
-    from models.weights import extract_state_dict
-    if name not in timm.list_models('hornet*'):
-        raise UserError(f"unknown model {name!r} (choose one of: {', '.join(timm.list_models('hornet*'))})")
+    from models.weights import extract_state_dict, guess_variant
+    known = timm.list_models('hornet*')
+    if name is not None and name not in known:
+        raise UserError(f"unknown model {name!r} (choose one of: {', '.join(known)})")
     if checkpoint is None:
         if not allow_random:
             raise UserError(NO_CHECKPOINT)
         _logger.warning('no checkpoint: using random weights, predictions are meaningless')
-        return timm.create_model(name).eval()
+        return timm.create_model(name or 'hornet_tiny_7x7').eval(), checkpoint_meta.CheckpointInfo()
     try:
         raw = safe_load(checkpoint)
+        info = checkpoint_meta.read_info(raw)
         sd = extract_state_dict(raw, use_ema=use_ema, path=checkpoint)
         num_classes = head_classes(sd, checkpoint)
+        if name is None:
+            recorded = info.model if info.model in known else None
+            name = recorded or guess_variant(sd) or 'hornet_tiny_7x7'
+            _logger.info('model %s (%s)', name, 'args.model of the checkpoint' if recorded else
+                         'the variant the weights look like; pass --model to choose')
         from models.weights import create_model_with_weights
         model = create_model_with_weights(name, num_classes, sd, checkpoint)
     except CheckpointError as e:  # already one line naming the file and the fix
         raise UserError(str(e)) from None
     _logger.info('loaded %s (%d classes) from %s', name, num_classes, checkpoint)
-    return model.eval()
+    return model.eval(), info
 
 
-def class_names(model: nn.Module, names_file: Optional[str]) -> List[str]:
-    """Names of the model's classes: from ``names_file``, timm's ImageNet tables, or the indices."""
+def _imagenet_descriptions(names: List[str]) -> List[str]:
+    """ImageNet synset folder names (n01440764 ...) as readable descriptions; other names unchanged."""
+    from timm.data import ImageNetInfo
+    if not all(len(n) == 9 and n[0] == 'n' and n[1:].isdigit() for n in names):
+        return names
+    for subset in ('imagenet-1k', 'imagenet-22k'):
+        info = ImageNetInfo(subset)
+        if set(names) <= set(info.label_names()):
+            return [info.label_name_to_description(n) for n in names]
+    return names
+
+
+def class_names(model: nn.Module, names_file: Optional[str],
+                info: Optional[checkpoint_meta.CheckpointInfo] = None) -> Tuple[List[str], str]:
+    """Names of the model's classes in label order, and where they came from: ``names_file``, the checkpoint
+    (its ``class_names``, or its training data's class folders), timm's ImageNet tables, or the indices."""
     n = int(model.num_classes)
     if names_file:
         try:
@@ -126,15 +164,20 @@ def class_names(model: nn.Module, names_file: Optional[str]) -> List[str]:
         if len(names) != n:
             raise UserError(f"--class_names {names_file} has {len(names)} names but the model has {n} classes "
                             f"(give one name per line, in class-index order)")
-        return names
+        return names, f'--class_names {names_file}'
+    found = checkpoint_meta.training_class_names(info, n) if info is not None else None
+    if found is not None:
+        names, source = found
+        _logger.info('class names from %s', source)
+        return _imagenet_descriptions(list(names)), source
     from timm.data import ImageNetInfo, infer_imagenet_subset
     subset = infer_imagenet_subset(model) or ('imagenet-1k' if n == 1000 else None)
     if subset:
-        info = ImageNetInfo(subset)
-        if info.num_classes() == n:
-            return [info.index_to_description(i) for i in range(n)]
+        imagenet = ImageNetInfo(subset)
+        if imagenet.num_classes() == n:
+            return [imagenet.index_to_description(i) for i in range(n)], f'timm ImageNetInfo({subset!r})'
     _logger.info('head has %d classes (not ImageNet): printing class indices', n)
-    return [f'class {i}' for i in range(n)]
+    return [f'class {i}' for i in range(n)], 'class indices'
 
 
 def load_images(files: Sequence[Path], transform, skip_bad: bool) -> Iterator[Tuple[Path, torch.Tensor]]:
@@ -180,8 +223,8 @@ def predict(args: argparse.Namespace) -> List[dict]:
         raise UserError(NO_CHECKPOINT)
     import torch
 
-    model = build_model(args.model, args.checkpoint, args.use_ema, args.allow_random)
-    names = class_names(model, args.class_names)
+    model, info = build_model(args.model, args.checkpoint, args.use_ema, args.allow_random)
+    names, names_source = class_names(model, args.class_names, info)
     try:
         device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
         model.to(device)
@@ -189,11 +232,12 @@ def predict(args: argparse.Namespace) -> List[dict]:
         raise UserError(f"cannot use --device {args.device}: {' '.join(str(e).split())} (try --device cpu)") \
             from None
 
-    from timm.data import create_transform, resolve_data_config
-    overrides = {'input_size': (3, args.input_size, args.input_size)} if args.input_size else {}
-    data_cfg = resolve_data_config(overrides, model=model)
-    transform = create_transform(**data_cfg, is_training=False)
-    _logger.info('eval transform: %s', data_cfg)
+    import datasets  # the evaluation transform of main.py --eval, so the numbers agree with it
+    default_size = int(model.pretrained_cfg.get('input_size', (3, 224, 224))[-1])
+    size = checkpoint_meta.resolve_input_size(args.input_size, info, default_size)
+    transform = datasets.build_transform(False, checkpoint_meta.eval_transform_args(info, size))
+    data_cfg = {'input_size': [3, size, size], 'transform': [repr(t) for t in transform.transforms]}
+    _logger.info('eval transform: %s', transform)
 
     k = min(args.topk, len(names))
     records: List[dict] = []
@@ -214,7 +258,8 @@ def predict(args: argparse.Namespace) -> List[dict]:
         raise UserError(f"none of the {len(files)} images could be read (see the warnings above)")
     if args.json:
         with open(args.json, 'w', encoding='utf-8') as f:
-            json.dump({'model': args.model, 'checkpoint': args.checkpoint, 'data_config': data_cfg,
+            json.dump({'model': model.pretrained_cfg.get('architecture', args.model), 'checkpoint': args.checkpoint,
+                       'input_size': size, 'class_names': names_source, 'data_config': data_cfg,
                        'predictions': records}, f, indent=1)
         _logger.info('wrote %s', args.json)
     return records
@@ -224,7 +269,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: returns the exit status; user errors are one line on stderr."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-    for name in ('predict', 'models'):  # -v: our progress, not every library's INFO chatter
+    for name in ('predict', 'models', 'checkpoint_meta'):  # -v: our progress, not every library's INFO chatter
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         predict(args)

@@ -92,8 +92,9 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def reference_job(slurm_cluster, tmp_path_factory, data):
-    """An uninterrupted 2-node run (submitted here, awaited by the tests that use it)."""
-    args = rws.parse_args(_flags(data, tmp_path_factory.mktemp('jobs') / 'reference'))
+    """An uninterrupted 2-node run (submitted here, awaited by the tests that use it), with the README's
+    ``--output_dir ''``: outputs go to the job directory."""
+    args = rws.parse_args(_flags(data, tmp_path_factory.mktemp('jobs') / 'reference', output_dir=''))
     return rws.submit(args), args
 
 
@@ -104,7 +105,7 @@ def test_two_node_training_job_completes_and_writes_final_checkpoint(slurm_clust
     assert {r['exit_code'] for r in results} == {0}
     assert {r['node'] for r in results} == {'n1', 'n2'}, results
     out = pathlib.Path(args.output_dir)
-    assert out == pathlib.Path(args.job_dir)  # output_dir defaults to the (job-id independent) job dir
+    assert out == pathlib.Path(args.job_dir)  # '' means the (job-id independent) job dir
     ck = torch.load(out / f'checkpoint-{EPOCHS - 1}.pth', map_location='cpu', weights_only=True)
     assert ck['global_step'] == EPOCHS * 6 and ck['epoch_complete']
     assert [json.loads(x)['epoch'] for x in (out / 'log.txt').read_text().splitlines()] == list(range(EPOCHS))
@@ -216,3 +217,28 @@ def test_bad_slurm_flags_are_one_line_errors(tmp_path, monkeypatch, capsys, extr
     code = rws.cli(['--model', 'hornet_micro_7x7', '--data_path', str(tmp_path), '--dry_run', *extra])
     err = capsys.readouterr().err
     assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_empty_output_dir_means_the_job_dir(tmp_path, monkeypatch, capsys):
+    """``--output_dir ''`` (the README's SLURM example) and no --output_dir both mean the job directory, also over
+    a config's output_dir; an explicit directory is kept. main.py alone reads '' as "save nothing", which a SLURM
+    job cannot do (it must save to resume after a requeue), so the launcher never passes '' on."""
+    _no_submission(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / 'run.yaml'
+    config.write_text(f'model: hornet_micro_7x7\ndata_path: {tmp_path}\noutput_dir: ./from_config\n')
+    base = ['--model', 'hornet_micro_7x7', '--data_path', str(tmp_path), '--device', 'cpu']
+    job_dir = tmp_path / 'jobs' / 'hornet_micro_7x7'
+
+    assert rws.parse_args(base + ['--output_dir', '']).output_dir == str(job_dir)
+    assert rws.parse_args(base).output_dir == str(job_dir)
+    assert rws.parse_args(base + ['--output_dir=', '--job_dir', 'j']).output_dir == str(tmp_path / 'j')
+    assert rws.parse_args(['--config', str(config), '--device', 'cpu']).output_dir == str(tmp_path / 'from_config')
+    assert rws.parse_args(['--config', str(config), '--device', 'cpu', '--output_dir', '']).output_dir == str(job_dir)
+    assert rws.parse_args(base + ['--output_dir', 'out/x']).output_dir == str(tmp_path / 'out' / 'x')
+
+    # what is submitted: the Trainer's args carry the job dir, and the dry run says where outputs go
+    assert rws.cli(base + ['--output_dir', '', '--dry_run']) == 0
+    assert f'output dir {job_dir},' in capsys.readouterr().err
+    help_text = rws.get_args_parser().format_help()
+    assert "'' means --job_dir" in ' '.join(help_text.split())

@@ -175,6 +175,133 @@ def test_predict_corrupt_image_names_the_file(tiny_7x7_ckpt, images):
     assert_one_line_error(proc, str(images['bad']), '--skip_bad')
 
 
+# ------------------------------------------------------------------------- predict/export on a main.py checkpoint
+
+QS_SIZE = 32  # the resolution the quick-start-style checkpoint is trained at (not the models' 224 default)
+
+
+@pytest.fixture(scope='module')
+def quickstart_run(tmp_path_factory):
+    """A quick-start-style data set (4 shape classes: label order circle, cross, square, triangle differs from the
+    generation order circle, square, triangle, cross), a main.py checkpoint trained on it at 32 px, and its
+    ``--eval`` result. The head is then replaced by a random, large one, so that predictions spread over all
+    classes (one epoch does not learn the shapes) and a wrong class order cannot go unnoticed."""
+    import datasets
+    from tests.train_helpers import run_main
+    root = tmp_path_factory.mktemp('quickstart')
+    data = Path(datasets.make_quickstart_dataset(str(root / 'data'), num_classes=4, train_per_class=8,
+                                                 val_per_class=10, image_size=48))
+    out = root / 'out'
+    train = ['--model', 'hornet_micro_7x7', '--data_set', 'QUICKSTART', '--data_path', str(data), '--input_size',
+             str(QS_SIZE), '--device', 'cpu', '--epochs', '1', '--batch_size', '8', '--num_workers', '0',
+             '--aa', 'none', '--reprob', '0', '--mixup', '0', '--cutmix', '0', '--smoothing', '0', '--drop_path', '0',
+             '--pin_mem', 'false', '--print_freq', '1000', '--warmup_epochs', '0']
+    proc = run_main(train + ['--output_dir', str(out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = out / 'checkpoint-0.pth'
+    raw = torch.load(ckpt, map_location='cpu', weights_only=True)
+    assert raw['args']['input_size'] == QS_SIZE and raw['args']['model'] == 'hornet_micro_7x7'
+    g = torch.Generator().manual_seed(0)
+    raw['model']['head.weight'] = torch.randn(raw['model']['head.weight'].shape, generator=g) * 3.0
+    raw['model']['head.bias'] = torch.zeros_like(raw['model']['head.bias'])
+    torch.save(raw, ckpt)
+    proc = run_main(train + ['--eval', 'true', '--resume', str(ckpt), '--output_dir', str(root / 'eval')])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((root / 'eval' / 'eval.json').read_text())
+    return data, ckpt, result
+
+
+def test_quickstart_class_names_are_written_in_label_order(quickstart_run):
+    import datasets
+    data, _, _ = quickstart_run
+    marker = json.loads((data / datasets.QUICKSTART_MARKER).read_text())
+    assert marker['classes'] == datasets.find_classes(str(data / 'train')) == ['circle', 'cross', 'square', 'triangle']
+    assert marker['classes'] == datasets.quickstart_class_names(4)
+    assert list(datasets.QUICKSTART_CLASSES[:4]) != marker['classes']  # generation order is not the label order
+
+
+def test_predict_uses_the_checkpoint_resolution_and_class_names_and_matches_eval(tmp_path, quickstart_run):
+    """No --model, --input_size or --class_names: predict takes all three from the checkpoint, and its accuracy on
+    the validation folder equals ``main.py --eval``'s; each image's label equals an independent reference (the
+    model applied to main.py's own validation data set, labels named through that data set's classes)."""
+    import argparse
+
+    import datasets
+    data, ckpt, result = quickstart_run
+    out = tmp_path / 'preds.json'
+    proc = run_script('predict.py', '--checkpoint', ckpt, '--topk', '1', '--json', out, data / 'val')
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == ''  # no mismatch warning
+    report = json.loads(out.read_text())
+    assert report['model'] == 'hornet_micro_7x7' and report['input_size'] == QS_SIZE
+    assert report['class_names'] == f"the class folders of {data / 'train'}"
+    preds = {Path(p['path']): p['topk'][0]['label'] for p in report['predictions']}
+    assert len(preds) == result['num_samples'] == 40
+    correct = sum(path.parent.name == label for path, label in preds.items())
+    assert 100.0 * correct / len(preds) == pytest.approx(result['acc1'], abs=1e-9)
+
+    # reference: main.py's validation data set and transform at the recorded resolution
+    ns = argparse.Namespace(**torch.load(ckpt, map_location='cpu', weights_only=True)['args'])
+    val, _ = datasets.build_dataset(False, ns)
+    model = timm.create_model('hornet_micro_7x7', num_classes=4)
+    model.load_state_dict(torch.load(ckpt, map_location='cpu', weights_only=True)['model'])
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.stack([val[i][0] for i in range(len(val))]))
+    expected = {Path(path): val.classes[int(i)] for (path, _), i in zip(val.samples, logits.argmax(-1))}
+    assert preds == expected
+    assert len(set(expected.values())) >= 3  # predictions spread over the classes: the order is really tested
+
+    # an explicit --input_size wins, with a warning naming the checkpoint's resolution
+    proc = run_script('predict.py', '--checkpoint', ckpt, '--input_size', 64, '--json', out, data / 'val')
+    assert proc.returncode == 0, proc.stderr
+    assert '--input_size 64 differs from the 32 px the checkpoint was trained at' in proc.stderr
+    assert json.loads(out.read_text())['input_size'] == 64
+
+
+def test_predict_class_names_recorded_in_the_checkpoint_win_over_its_data_folder(tmp_path, quickstart_run):
+    """A ``class_names`` list stored in the checkpoint is used as is; without it and without the training folder
+    (a checkpoint moved to another machine), predictions are class indices; --class_names always wins."""
+    data, ckpt, _ = quickstart_run
+    raw = torch.load(ckpt, map_location='cpu', weights_only=True)
+    raw['args']['data_path'] = str(tmp_path / 'moved')
+    moved = tmp_path / 'moved.pth'
+    torch.save(raw, moved)
+    named = tmp_path / 'named.pth'
+    torch.save({**raw, 'class_names': ['a', 'b', 'c', 'd']}, named)
+    image = sorted((data / 'val' / 'square').iterdir())[0]
+    predict = load_script('predict')
+
+    def labels(path: Path, *extra: str) -> set:
+        out = tmp_path / 'p.json'
+        assert predict.main(['--checkpoint', str(path), '--json', str(out), *extra, str(image)]) == 0
+        report = json.loads(out.read_text())
+        return report['class_names'], {t['label'] for t in report['predictions'][0]['topk']}
+
+    assert labels(named) == ('the checkpoint (class_names)', {'a', 'b', 'c', 'd'})
+    assert labels(moved) == ('class indices', {f'class {i}' for i in range(4)})
+    names = tmp_path / 'names.txt'
+    names.write_text('w\nx\ny\nz\n')
+    assert labels(named, '--class_names', str(names)) == (f'--class_names {names}', {'w', 'x', 'y', 'z'})
+
+
+def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_run):
+    pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
+    onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
+    _, ckpt, _ = quickstart_run
+    out = tmp_path / 'qs.onnx'
+    proc = run_script('export.py', '--checkpoint', ckpt, '--output', out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f'exported hornet_micro_7x7 ({QS_SIZE}x{QS_SIZE}' in proc.stdout and 'OK' in proc.stdout
+    dims = onnx.load(str(out)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims[1:]] == [3, QS_SIZE, QS_SIZE]
+    proc = run_script('export.py', '--checkpoint', ckpt, '--output', out, '--input_size', 64, '--no_verify')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert '--input_size 64 differs from the 32 px' in proc.stderr and '(64x64' in proc.stdout
+    proc = run_script('export.py', '--output', out)
+    assert_one_line_error(proc, '--model')
+
+
 # ---------------------------------------------------------------------------------------------------- export
 
 @pytest.mark.parametrize('name,dynamic', [('hornet_tiny_7x7', False), ('hornet_tiny_gf', True)])

@@ -1,0 +1,133 @@
+"""What a checkpoint records about the run that wrote it, for ``predict.py`` and ``export.py``.
+
+``main.py`` stores its flags in every checkpoint (``args``: a dict; the original release stored an
+``argparse.Namespace`` with the same names). From them the tools take the variant (``model``), the resolution the
+model was trained and evaluated at (``input_size``), the evaluation transform's settings (``crop_pct``,
+``imagenet_default_mean_and_std``) and the class names: a ``class_names`` list stored in the checkpoint where there
+is one, else the class folders of the data set the run was trained on (``data_set``/``data_path``), read in the
+order ``datasets.py`` gives labels (sorted folder names), when that folder still exists.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional
+
+_logger = logging.getLogger('checkpoint_meta')
+
+# main.py's defaults for the evaluation transform (see datasets.build_transform)
+EVAL_DEFAULTS = {'crop_pct': None, 'imagenet_default_mean_and_std': True}
+
+
+@dataclass
+class CheckpointInfo:
+    """The run settings a checkpoint records (empty for a bare state dict)."""
+    args: Dict[str, Any] = field(default_factory=dict)
+    class_names: Optional[List[str]] = None  # stored in the checkpoint itself
+
+    @property
+    def model(self) -> Optional[str]:
+        value = self.args.get('model')
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def input_size(self) -> Optional[int]:
+        value = self.args.get('input_size')
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def read_info(raw: Any) -> CheckpointInfo:
+    """The ``args`` (dict or original ``Namespace``) and ``class_names`` of a loaded checkpoint, if any."""
+    if not isinstance(raw, Mapping):
+        return CheckpointInfo()
+    args = raw.get('args')
+    if isinstance(args, argparse.Namespace):
+        args = vars(args)
+    args = dict(args) if isinstance(args, Mapping) else {}
+    names = raw.get('class_names')
+    if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)):
+        names = None
+    return CheckpointInfo(args=args, class_names=list(names) if names else None)
+
+
+def resolve_input_size(cli_size: Optional[int], info: CheckpointInfo, model_default: int) -> int:
+    """``--input_size`` if given (warned when it differs from the checkpoint's), else the checkpoint's, else the
+    model's default."""
+    recorded = info.input_size
+    if cli_size is not None:
+        if recorded is not None and cli_size != recorded:
+            _logger.warning(
+                '--input_size %d differs from the %d px the checkpoint was trained at (its args.input_size); '
+                'accuracy may drop: omit --input_size to use %d', cli_size, recorded, recorded)
+        return int(cli_size)
+    if recorded is not None:
+        _logger.info('input size %d px, from the checkpoint (args.input_size)', recorded)
+        return recorded
+    return int(model_default)
+
+
+def eval_transform_args(info: CheckpointInfo, input_size: int) -> argparse.Namespace:
+    """The flags ``datasets.build_transform(False, args)`` reads, as ``main.py --eval`` would set them for this
+    checkpoint: its recorded values, else main.py's defaults."""
+    values = {k: info.args.get(k, v) for k, v in EVAL_DEFAULTS.items()}
+    return argparse.Namespace(input_size=int(input_size), **values)
+
+
+def training_class_names(info: CheckpointInfo, num_classes: int) -> Optional[tuple]:
+    """``(names, source)``: the class names in label order, from the checkpoint or the training data's folders;
+    None when neither is available (or their count is not ``num_classes``)."""
+    if info.class_names is not None:
+        if len(info.class_names) == num_classes:
+            return info.class_names, 'the checkpoint (class_names)'
+        _logger.warning('the checkpoint lists %d class names but its head has %d classes: ignoring them',
+                        len(info.class_names), num_classes)
+    found = _names_from_data(info.args)
+    if found is None:
+        return None
+    names, where = found
+    if len(names) != num_classes:
+        _logger.warning('%s has %d classes but the checkpoint has %d: not using its names', where, len(names),
+                        num_classes)
+        return None
+    return names, where
+
+
+def _names_from_data(args: Mapping[str, Any]) -> Optional[tuple]:
+    data_set = args.get('data_set')
+    data_path = args.get('data_path') or ''
+    if data_set == 'QUICKSTART' and not data_path:
+        data_path = os.path.join('.', 'data', 'quickstart')
+    if data_set in ('IMNET', 'QUICKSTART'):
+        folder = os.path.join(str(data_path), 'train')
+    elif data_set == 'image_folder':
+        folder = str(data_path)
+    elif data_set in ('CIFAR', 'CIFAR10'):
+        return _cifar_names(str(data_path), ten=data_set == 'CIFAR10')
+    else:
+        return None
+    if not data_path or not os.path.isdir(folder):
+        _logger.info('training data folder %s (args.data_path) not found here: no class names from it', folder)
+        return None
+    import datasets
+    from errors import UserError
+    try:
+        names = datasets.find_classes(folder)  # exactly the label order training used
+    except UserError as e:
+        _logger.warning('cannot read class names from %s: %s', folder, e)
+        return None
+    return names, f'the class folders of {folder}'
+
+
+def _cifar_names(root: str, ten: bool) -> Optional[tuple]:
+    import pickle
+    folder, meta, key = (('cifar-10-batches-py', 'batches.meta', 'label_names') if ten
+                         else ('cifar-100-python', 'meta', 'fine_label_names'))
+    path = os.path.join(root, folder, meta)
+    try:
+        with open(path, 'rb') as f:
+            names = list(pickle.load(f, encoding='latin1')[key])  # the file datasets.py reads for training
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
+        return None
+    return names, path
