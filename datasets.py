@@ -404,8 +404,8 @@ def _folder_pair(is_train: bool, train_root: str, val_root: str, args: Any, tran
 
 
 def _uint8_pipeline(args: Any) -> bool:
-    """``--data_backend pil`` (main.py's default): samples leave the workers as uint8 (see loaders.py)."""
-    return getattr(args, 'data_backend', None) == 'pil'
+    """``--data_backend pil`` (main.py's default) or ``dali``: uint8 samples (loaders.py, dali_backend.py)."""
+    return getattr(args, 'data_backend', None) in ('pil', 'dali')
 
 
 def build_dataset(is_train: bool, args: Any) -> Tuple[Dataset, int]:

@@ -306,8 +306,8 @@ class DeviceLoader:
 
 
 def wrap_loader(loader: Any, args: Any, device: torch.device) -> Any:
-    """Main-process hook: the DeviceLoader for a uint8 pipeline (``--data_backend pil``), else ``loader`` itself."""
-    if getattr(args, 'data_backend', 'pil') != 'pil':
+    """Main-process hook: the DeviceLoader for a uint8 pipeline (``--data_backend pil|dali``), else ``loader``."""
+    if getattr(args, 'data_backend', 'pil') not in ('pil', 'dali'):
         return loader
     import datasets as D
     mean, std = D._mean_std(args)

@@ -465,8 +465,12 @@ def main(args: argparse.Namespace) -> int:
     # ---- training loader
     assert dataset_train is not None
     sampler = datasets.ResumableSampler(len(dataset_train), ds.world_size, ds.rank, shuffle=True, seed=args.seed)
-    loader = datasets.build_loader(dataset_train, sampler, args.batch_size, args.num_workers, args.pin_mem,
-                                   drop_last=True)
+    if args.data_backend == 'dali':  # [data] decode + augment in NVIDIA DALI (dali_backend.py)
+        import dali_backend
+        loader = dali_backend.build_dali_train_loader(dataset_train, sampler, args, ds.device)
+    else:
+        loader = datasets.build_loader(dataset_train, sampler, args.batch_size, args.num_workers, args.pin_mem,
+                                       drop_last=True)
     loader = loaders.wrap_loader(loader, args, ds.device)  # [data] uint8 -> normalised + erased on the device
     batches_per_epoch = sampler.per_replica // args.batch_size
     steps_per_epoch = batches_per_epoch // args.update_freq

@@ -517,7 +517,7 @@ def make_random_jpegs(root: str, num: int, size: Tuple[int, int], seed: int = 0)
 
 DATA_RECIPE = dict(color_jitter=0.4, aa='rand-m9-mstd0.5-inc1', train_interpolation='bicubic', reprob=0.25,
                    remode='pixel', recount=1, imagenet_default_mean_and_std=True)
-DATA_PIPELINES = ('reference', 'uint8')
+DATA_PIPELINES = ('reference', 'uint8', 'dali')
 
 
 def train_transform(input_size: int, pipeline: str = 'reference') -> Tuple[Callable, Optional[Callable], str]:
@@ -661,7 +661,18 @@ def run_data(args: argparse.Namespace) -> Dict[str, Any]:
     cases = [(p, w) for p in args.pipelines for w in args.workers]
     try:
         dsets, srcs = {}, {}
+        if 'dali' in args.pipelines:
+            from dali_backend import dali_missing
+            missing = dali_missing()
+            if missing:
+                _logger.warning('skipping the dali pipeline: %s', missing)
+                args.pipelines = [p for p in args.pipelines if p != 'dali']
+                cases = [(p, w) for p in args.pipelines for w in args.workers]
         for p in args.pipelines:
+            if p == 'dali':
+                from datasets import ImageFolderDataset
+                dsets[p], srcs[p] = ImageFolderDataset(root), 'dali_backend.DaliTrainLoader (CPU mode)'
+                continue
             transform, loader_fn, srcs[p] = train_transform(args.data_input_size, p)
             ds = _image_folder(root, transform, loader_fn)
             if len(ds) > args.num_images:
@@ -670,7 +681,28 @@ def run_data(args: argparse.Namespace) -> Dict[str, Any]:
             dsets[p] = ds
         n = len(next(iter(dsets.values())))
 
+        def dali_epoch(w: int) -> Tuple[float, float]:
+            # DALI runs in this process (w threads); its per-epoch pipeline build (seconds) is not timed
+            from datasets import ResumableSampler
+            from dali_backend import DaliTrainLoader
+            recipe = argparse.Namespace(**DATA_RECIPE, input_size=args.data_input_size)
+            ds = dsets['dali']
+            loader = DaliTrainLoader(ds, ResumableSampler(len(ds), seed=args.seed), args.data_batch_size, recipe,
+                                     torch.device('cpu'), num_threads=max(w, 1))
+            order = list(loader.sampler)[:n]
+            nb = len(order) // args.data_batch_size
+            pipe, _ = loader._pipeline([order[k * args.data_batch_size:(k + 1) * args.data_batch_size]
+                                        for k in range(nb)], seed=args.seed + 1)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(nb):
+                pipe.run()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            del pipe
+            return nb * args.data_batch_size / wall, cpu / max(nb * args.data_batch_size, 1)
+
         def epoch(p: str, w: int) -> Tuple[float, float]:
+            if p == 'dali':
+                return dali_epoch(w)
             loader = DataLoader(dsets[p], batch_size=args.data_batch_size, shuffle=True, num_workers=w,
                                 persistent_workers=False, drop_last=False)
             c0, t0, own0 = _children_cpu(), time.perf_counter(), time.process_time()
@@ -882,7 +914,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument('--data_input_size', type=_positive, default=224)
     g.add_argument('--pipelines', nargs='+', choices=DATA_PIPELINES, default=list(DATA_PIPELINES),
                    help='reference: float output normalised/erased in the workers (today\'s kind); uint8: the '
-                        'default --data_backend pil (uint8 output, normalise/erase on the device)')
+                        'default --data_backend pil (uint8 output, normalise/erase on the device); dali: '
+                        '--data_backend dali in DALI\'s CPU mode, its threads = --workers (skipped if not installed)')
     args = p.parse_args(argv)
     if args.mode == 'model' and args.input_size < 32:
         p.error(f"--input_size must be >= 32 (got {args.input_size})")
