@@ -143,8 +143,9 @@ class DaliTrainLoader:
                              antialias=True)
             imgs = fn.flip(imgs, device=dev, horizontal=fn.cast(flip, dtype=types.INT32))
             if self.ra is not None:
-                imgs = rand_augment.rand_augment(imgs, n=self.ra[0], m=self.ra[1], shape=[self.size, self.size],
-                                                 fill_value=128)
+                # timm's magnitude scale is 0..10 (m9 = 90% of each op's range): 11 bins; timm's 0.45 translation
+                imgs = rand_augment.rand_augment(imgs, n=self.ra[0], m=min(self.ra[1], 10), num_magnitude_bins=11,
+                                                 shape=[self.size, self.size], max_translate_rel=0.45, fill_value=128)
             imgs = fn.transpose(imgs, perm=[2, 0, 1])
             return imgs, labels
 
