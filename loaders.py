@@ -59,10 +59,10 @@ def load_image_fast(path: str) -> Union[torch.Tensor, Image.Image]:
     except OSError:
         return load_image(path)  # names the file in its error
     if data[:2] == _JPEG_MAGIC:
-        from torchvision.io import ImageReadMode, decode_jpeg
-        try:
+        try:  # torchvision >= 0.29 marks its decoders deprecated (TorchCodec); without them PIL decodes
+            from torchvision.io import ImageReadMode, decode_jpeg
             img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.UNCHANGED)
-        except RuntimeError:
+        except (ImportError, RuntimeError):
             img = None
         if img is not None and img.shape[0] == 3:
             return img
