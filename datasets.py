@@ -259,9 +259,10 @@ class ImageFolderDataset(Dataset):
 
     def __init__(self, root: str, transform: Optional[Callable] = None, skip_bad_images: bool = False,
                  role: str = 'training', classes: Optional[Sequence[str]] = None,
-                 reference_root: Optional[str] = None) -> None:
+                 reference_root: Optional[str] = None, loader: Optional[Callable[[str], Any]] = None) -> None:
         self.root = root
         self.transform = transform
+        self.loader = loader or load_image  # loaders.load_image_fast for the uint8 training pipeline
         self.skip_bad_images = skip_bad_images
         found = find_classes(root, role)
         if classes is not None:
@@ -293,17 +294,17 @@ class ImageFolderDataset(Dataset):
             img = self.transform(img)
         return img, target
 
-    def _load(self, index: int) -> Tuple[Image.Image, int]:
+    def _load(self, index: int) -> Tuple[Any, int]:
         """Load sample ``index``; with skip_bad_images fall through to index+1, +2, ... (wrapping) deterministically."""
         global SKIPPED_IMAGES
         path, target = self.samples[index]
         if not self.skip_bad_images:
-            return load_image(path), target
+            return self.loader(path), target
         n = len(self.samples)
         for step in range(n):
             path, target = self.samples[(index + step) % n]
             try:
-                return load_image(path), target
+                return self.loader(path), target
             except BadImageError as err:
                 SKIPPED_IMAGES += 1
                 logger.warning('skipping unreadable image (%d skipped in this process): %s', SKIPPED_IMAGES, err)
@@ -392,15 +393,33 @@ def _folder_pair(is_train: bool, train_root: str, val_root: str, args: Any, tran
     """Training folder, or validation folder checked against the training folder's class list."""
     skip = bool(getattr(args, 'skip_bad_images', False))
     if is_train:
-        return ImageFolderDataset(train_root, transform, skip, role='training')
+        fast = None
+        if _uint8_pipeline(args):
+            from loaders import load_image_fast
+            fast = load_image_fast
+        return ImageFolderDataset(train_root, transform, skip, role='training', loader=fast)
     train_classes = find_classes(train_root, 'training')
     return ImageFolderDataset(val_root, transform, skip, role='validation', classes=train_classes,
                               reference_root=train_root)
 
 
+def _uint8_pipeline(args: Any) -> bool:
+    """``--data_backend pil`` (main.py's default) or ``dali``: uint8 samples (loaders.py, dali_backend.py)."""
+    return getattr(args, 'data_backend', None) in ('pil', 'dali')
+
+
 def build_dataset(is_train: bool, args: Any) -> Tuple[Dataset, int]:
-    """Return ``(dataset, nb_classes)`` for ``args.data_set``; every layout problem is a one-line UserError."""
-    transform = build_transform(is_train, args)
+    """Return ``(dataset, nb_classes)`` for ``args.data_set``; every layout problem is a one-line UserError.
+
+    With ``args.data_backend == 'pil'`` the transforms are loaders.build_uint8_transform's (uint8 samples; training
+    samples are ``(image, erasing boxes)``), to be normalised on the device by ``loaders.wrap_loader``. Without that
+    attribute they are the float transforms of :func:`build_transform`.
+    """
+    if _uint8_pipeline(args):
+        from loaders import build_uint8_transform
+        transform = build_uint8_transform(is_train, args)
+    else:
+        transform = build_transform(is_train, args)
     data_set = getattr(args, 'data_set', None)
     data_path = getattr(args, 'data_path', None)
     split = 'train' if is_train else 'val'

@@ -129,6 +129,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--disable_eval', type=str2bool, default=False)
     p.add_argument('--num_workers', default=10, type=int)
     p.add_argument('--pin_mem', type=str2bool, default=True)
+    # [data] issue 11: input pipeline backend (loaders.py)
+    p.add_argument('--data_backend', type=str, default='pil', choices=['pil', 'dali'],
+                   help='pil: PIL/torchvision workers emit uint8, normalise + random erasing on the device; '
+                        'dali: NVIDIA DALI (see TRAINING.md, Data backends)')
     # distributed
     p.add_argument('--world_size', default=1, type=int)
     p.add_argument('--local_rank', '--local-rank', default=-1, type=int, help='ignored: LOCAL_RANK is used')
@@ -370,6 +374,8 @@ def main(args: argparse.Namespace) -> int:
     amp_dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[args.amp_dtype] if args.use_amp else None
 
     # ---- data
+    import loaders  # [data]
+    loaders.log_loader_resources(args.num_workers, ds.rank, args.data_backend)  # [data]
     if args.data_set == 'QUICKSTART' and ds.is_main:
         datasets.build_dataset(False, args)  # rank 0 writes the generated images once
     utils.barrier()
@@ -426,6 +432,7 @@ def main(args: argparse.Namespace) -> int:
             sampler = datasets.EvalShardSampler(len(dataset_val), ds.world_size, ds.rank)
         loader = datasets.build_loader(dataset_val, sampler, int(1.5 * args.batch_size), args.num_workers,
                                        args.pin_mem, drop_last=False, persistent_workers=False)
+        loader = loaders.wrap_loader(loader, args, ds.device)  # [data] uint8 -> normalised on the device
         return loader, len(loader)
 
     def run_eval(net, header='Test:'):
@@ -458,8 +465,13 @@ def main(args: argparse.Namespace) -> int:
     # ---- training loader
     assert dataset_train is not None
     sampler = datasets.ResumableSampler(len(dataset_train), ds.world_size, ds.rank, shuffle=True, seed=args.seed)
-    loader = datasets.build_loader(dataset_train, sampler, args.batch_size, args.num_workers, args.pin_mem,
-                                   drop_last=True)
+    if args.data_backend == 'dali':  # [data] decode + augment in NVIDIA DALI (dali_backend.py)
+        import dali_backend
+        loader = dali_backend.build_dali_train_loader(dataset_train, sampler, args, ds.device)
+    else:
+        loader = datasets.build_loader(dataset_train, sampler, args.batch_size, args.num_workers, args.pin_mem,
+                                       drop_last=True)
+    loader = loaders.wrap_loader(loader, args, ds.device)  # [data] uint8 -> normalised + erased on the device
     batches_per_epoch = sampler.per_replica // args.batch_size
     steps_per_epoch = batches_per_epoch // args.update_freq
     if steps_per_epoch == 0:

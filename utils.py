@@ -221,18 +221,22 @@ class MetricLogger:
 
     def log_every(self, iterable: Iterable, print_freq: int, header: str, total: int,
                   batch_size: int = 0) -> Iterator:
+        from loaders import DataWaitMonitor, timed  # [data] issue 11: time spent waiting for the loader
         start = last = time.time()
         iter_time = SmoothedValue(fmt='{avg:.3f}')
+        data_wait = DataWaitMonitor()  # [data]
         width = len(str(total))
-        for i, obj in enumerate(iterable):
+        for i, (obj, waited) in enumerate(timed(iterable)):  # [data]
             yield obj
             now = time.time()
             iter_time.update(now - last)
+            data_wait.update(waited, now - last)  # [data]
             last = now
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
                 ips = batch_size * _STATE.world_size / max(iter_time.avg, 1e-9) if batch_size else 0.0
-                _logger.info('%s [%*d/%d] eta: %s  %s  img/s: %.1f', header, width, i, total, eta, self, ips)
+                _logger.info('%s [%*d/%d] eta: %s  %s  img/s: %.1f  %s', header, width, i, total, eta, self, ips,
+                             data_wait.summary())  # [data]
         _logger.info('%s Total time: %s (%.3f s / it)', header,
                      datetime.timedelta(seconds=int(time.time() - start)), (time.time() - start) / max(total, 1))
 

@@ -16,10 +16,11 @@ Peak memory is measured on a separate, untimed step per case:
 ``--mode memory`` counts the exact tensor memory of one training step (parameters, AdamW state, gradients,
 activations) on fake tensors: no arithmetic runs, so any model and batch size takes seconds on any machine.
 
-``--mode data`` times the training transform (this project's ``datasets.build_transform``, i.e. timm
-``create_transform`` with RandAugment rand-m9-mstd0.5-inc1, color jitter 0.4, bicubic RandomResizedCrop, random
-erasing 0.25, as the original recipe) through a DataLoader for each ``--workers`` count on ``--data_path`` (an
-ImageFolder) or on a generated folder of random JPEGs.
+``--mode data`` times the training input pipeline (the original recipe: RandAugment rand-m9-mstd0.5-inc1, bicubic
+RandomResizedCrop, flip, random erasing 0.25) through a DataLoader for each ``--pipelines`` x ``--workers`` case on
+``--data_path`` (an ImageFolder) or on a generated folder of random JPEGs: ``reference`` is today's kind (timm
+``create_transform``, float output), ``uint8`` the default ``--data_backend pil`` (uint8 output). It reports img/s,
+img/s per worker and the loading processes' CPU-seconds per image.
 
 Examples::
 
@@ -514,25 +515,37 @@ def make_random_jpegs(root: str, num: int, size: Tuple[int, int], seed: int = 0)
         Image.fromarray(arr).save(os.path.join(d, f'img{i:05d}.jpg'), quality=90)
 
 
-def train_transform(input_size: int) -> Tuple[Callable, str]:
-    """The training transform of this project (``datasets.build_transform``: timm create_transform with the
-    original recipe, plus its 0-bit posterize fix for current Pillow), or plain timm where that is missing."""
-    recipe = dict(input_size=input_size, color_jitter=0.4, aa='rand-m9-mstd0.5-inc1', train_interpolation='bicubic',
-                  reprob=0.25, remode='pixel', recount=1, imagenet_default_mean_and_std=True)
+DATA_RECIPE = dict(color_jitter=0.4, aa='rand-m9-mstd0.5-inc1', train_interpolation='bicubic', reprob=0.25,
+                   remode='pixel', recount=1, imagenet_default_mean_and_std=True)
+DATA_PIPELINES = ('reference', 'uint8', 'dali')
+
+
+def train_transform(input_size: int, pipeline: str = 'reference') -> Tuple[Callable, Optional[Callable], str]:
+    """``(transform, image loader or None for PIL's, source)`` of one pipeline, both with the original recipe.
+
+    reference: today's kind, ``datasets.build_transform`` (timm create_transform, float output normalised and
+    random-erased in the worker; plain timm where this project is missing). uint8: ``loaders.build_uint8_transform``
+    with ``loaders.load_image_fast`` (uint8 output; normalising and erasing happen later on the device).
+    """
+    recipe = dict(DATA_RECIPE, input_size=input_size)
+    if pipeline == 'uint8':
+        import loaders
+        return loaders.build_uint8_transform(True, argparse.Namespace(**recipe)), loaders.load_image_fast, \
+            'loaders.build_uint8_transform + load_image_fast'
     try:
         import datasets
-        return datasets.build_transform(True, argparse.Namespace(**recipe)), 'datasets.build_transform'
+        return datasets.build_transform(True, argparse.Namespace(**recipe)), None, 'datasets.build_transform'
     except (ImportError, AttributeError):
         from timm.data import create_transform
         return create_transform(input_size, is_training=True, color_jitter=0.4, auto_augment=recipe['aa'],
-                                interpolation='bicubic', re_prob=0.25, re_mode='pixel', re_count=1), 'timm'
+                                interpolation='bicubic', re_prob=0.25, re_mode='pixel', re_count=1), None, 'timm'
 
 
-def _image_folder(root: str, transform: Callable) -> Any:
+def _image_folder(root: str, transform: Callable, loader: Optional[Callable] = None) -> Any:
     """This project's strict ImageFolderDataset where available, else torchvision's ImageFolder."""
     try:
         from datasets import ImageFolderDataset
-        return ImageFolderDataset(root, transform=transform)
+        return ImageFolderDataset(root, transform=transform, loader=loader)
     except ImportError:
         from torchvision.datasets import ImageFolder
         try:
@@ -618,7 +631,20 @@ def format_memory_table(res: Dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of this process's terminated, reaped children: the finished loader workers."""
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_data(args: argparse.Namespace) -> Dict[str, Any]:
+    """Each pipeline x worker count: img/s, img/s per worker and CPU-seconds per image of the loading processes.
+
+    Every timed epoch builds a fresh, non-persistent DataLoader, so its workers exit and are reaped at the end and
+    their CPU time (``RUSAGE_CHILDREN``) can be attributed to that epoch; with 0 workers the main process's own CPU
+    time is used. Pipelines and worker counts alternate within a round (order flipped every other round).
+    """
     from torch.utils.data import DataLoader, Subset
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -632,41 +658,89 @@ def run_data(args: argparse.Namespace) -> Dict[str, Any]:
         tmp = tempfile.TemporaryDirectory(prefix='hornet_bench_jpegs_')
         root, source = tmp.name, f'generated {args.num_images} random JPEGs {args.gen_size[0]}x{args.gen_size[1]}'
         make_random_jpegs(root, args.num_images, tuple(args.gen_size), args.seed)
+    cases = [(p, w) for p in args.pipelines for w in args.workers]
     try:
-        transform, transform_src = train_transform(args.data_input_size)
-        ds = _image_folder(root, transform)
-        if len(ds) > args.num_images:
-            g = torch.Generator().manual_seed(args.seed)
-            ds = Subset(ds, torch.randperm(len(ds), generator=g)[:args.num_images].tolist())
-        n = len(ds)
-        loaders = {w: DataLoader(ds, batch_size=args.data_batch_size, shuffle=True, num_workers=w,
-                                 persistent_workers=w > 0, drop_last=False) for w in args.workers}
+        dsets, srcs = {}, {}
+        if 'dali' in args.pipelines:
+            from dali_backend import dali_missing
+            missing = dali_missing()
+            if missing:
+                _logger.warning('skipping the dali pipeline: %s', missing)
+                args.pipelines = [p for p in args.pipelines if p != 'dali']
+                cases = [(p, w) for p in args.pipelines for w in args.workers]
+        for p in args.pipelines:
+            if p == 'dali':
+                from datasets import ImageFolderDataset
+                dsets[p], srcs[p] = ImageFolderDataset(root), 'dali_backend.DaliTrainLoader (CPU mode)'
+                continue
+            transform, loader_fn, srcs[p] = train_transform(args.data_input_size, p)
+            ds = _image_folder(root, transform, loader_fn)
+            if len(ds) > args.num_images:
+                g = torch.Generator().manual_seed(args.seed)
+                ds = Subset(ds, torch.randperm(len(ds), generator=g)[:args.num_images].tolist())
+            dsets[p] = ds
+        n = len(next(iter(dsets.values())))
 
-        def epoch(w: int) -> float:
-            t0 = time.perf_counter()
-            count = sum(int(b[0].shape[0]) for b in loaders[w])
-            return count / (time.perf_counter() - t0)
+        def dali_epoch(w: int) -> Tuple[float, float]:
+            # DALI runs in this process (w threads); its per-epoch pipeline build (seconds) is not timed
+            from datasets import ResumableSampler
+            from dali_backend import DaliTrainLoader
+            recipe = argparse.Namespace(**DATA_RECIPE, input_size=args.data_input_size)
+            ds = dsets['dali']
+            loader = DaliTrainLoader(ds, ResumableSampler(len(ds), seed=args.seed), args.data_batch_size, recipe,
+                                     torch.device('cpu'), num_threads=max(w, 1))
+            order = list(loader.sampler)[:n]
+            nb = len(order) // args.data_batch_size
+            pipe, _ = loader._pipeline([order[k * args.data_batch_size:(k + 1) * args.data_batch_size]
+                                        for k in range(nb)], seed=args.seed + 1)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for _ in range(nb):
+                pipe.run()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            del pipe
+            return nb * args.data_batch_size / wall, cpu / max(nb * args.data_batch_size, 1)
 
-        for w in args.workers:  # warm-up epoch: worker start-up, page cache
-            epoch(w)
-        raw: Dict[int, List[float]] = {w: [] for w in args.workers}
+        def epoch(p: str, w: int) -> Tuple[float, float]:
+            if p == 'dali':
+                return dali_epoch(w)
+            loader = DataLoader(dsets[p], batch_size=args.data_batch_size, shuffle=True, num_workers=w,
+                                persistent_workers=False, drop_last=False)
+            c0, t0, own0 = _children_cpu(), time.perf_counter(), time.process_time()
+            count = 0
+            for b in loader:
+                count += int(b[1].shape[0])
+            del loader  # workers exit and are reaped here
+            gc.collect()
+            wall = time.perf_counter() - t0
+            cpu = (time.process_time() - own0) if w == 0 else (_children_cpu() - c0)
+            return count / wall, cpu / max(count, 1)
+
+        for c in cases:  # warm-up: page cache, imports in workers
+            epoch(*c)
+        raw: Dict[Tuple[str, int], List[float]] = {c: [] for c in cases}
+        cpu: Dict[Tuple[str, int], List[float]] = {c: [] for c in cases}
         for r in range(args.repeats):
-            for w in (args.workers if r % 2 == 0 else args.workers[::-1]):
-                raw[w].append(epoch(w))
+            for c in (cases if r % 2 == 0 else cases[::-1]):
+                ips, cpi = epoch(*c)
+                raw[c].append(ips)
+                cpu[c].append(cpi * 1e3)
             _logger.info('repeat %d/%d: %s', r + 1, args.repeats,
-                         ', '.join(f'workers={w}: {raw[w][-1]:.1f} img/s' for w in args.workers))
-        del loaders
+                         ', '.join(f'{p} w={w}: {raw[(p, w)][-1]:.1f} img/s, {cpu[(p, w)][-1]:.2f} ms CPU/img'
+                                   for p, w in cases))
     finally:
         if tmp is not None:
             tmp.cleanup()
     results = []
-    for w in args.workers:
-        s = summarize(raw[w])
-        results.append(dict(workers=w, img_s=dict(s, raw=raw[w]),
-                            img_s_per_worker=(s['median'] / max(w, 1)) if s['median'] else None))
-    meta = dict(environment(torch.device('cpu')), loadavg_at_start=load_start)
-    return dict(meta=meta, settings=dict(settings_dict(args), source=source, num_images=n, transform=transform_src,
-                                         transform_repr=repr(transform)), results=results)
+    for p, w in cases:
+        s = summarize(raw[(p, w)])
+        cs = summarize(cpu[(p, w)])
+        results.append(dict(pipeline=p, workers=w, img_s=dict(s, raw=raw[(p, w)]),
+                            img_s_per_worker=(s['median'] / max(w, 1)) if s['median'] else None,
+                            cpu_ms_per_img=dict(cs, raw=cpu[(p, w)]),
+                            img_per_cpu_s=(1e3 / cs['median']) if cs['median'] else None))
+    meta = dict(environment(torch.device('cpu')), loadavg_at_start=load_start, loadavg_at_end=_loadavg())
+    return dict(meta=meta, settings=dict(settings_dict(args), source=source, num_images=n, transform=srcs.get(
+        'reference', next(iter(srcs.values()))), transforms=srcs, recipe=DATA_RECIPE), results=results)
 
 
 # ----------------------------------------------------------------------------------------- environment
@@ -760,10 +834,17 @@ def format_model_table(res: Dict[str, Any]) -> str:
 
 
 def format_data_table(res: Dict[str, Any]) -> str:
-    lines = ['| workers | img/s med [min-max] | img/s per worker |', '|--:|--:|--:|']
+    lines = ['| pipeline | workers | img/s med [min-max] | img/s per worker | CPU ms/img med [min-max] | '
+             'img per CPU-s | vs reference (CPU) |', '|---|--:|--:|--:|--:|--:|--:|']
+    ref = {r['workers']: r['cpu_ms_per_img']['median'] for r in res['results'] if r['pipeline'] == 'reference'}
     for r in res['results']:
         per = f"{r['img_s_per_worker']:.1f}" if r['img_s_per_worker'] else '-'
-        lines.append(f"| {r['workers']} | {_fmt(r['img_s'], 1)} | {per} |")
+        cpu_med = r['cpu_ms_per_img']['median']
+        base = ref.get(r['workers'])
+        rel = f"{base / cpu_med:.2f}x" if base and cpu_med else '-'
+        ipc = f"{r['img_per_cpu_s']:.1f}" if r['img_per_cpu_s'] else '-'
+        lines.append(f"| {r['pipeline']} | {r['workers']} | {_fmt(r['img_s'], 1)} | {per} | "
+                     f"{_fmt(r['cpu_ms_per_img'], 2)} | {ipc} | {rel} |")
     return '\n'.join(lines)
 
 
@@ -831,6 +912,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     g.add_argument('--gen_size', nargs=2, type=_positive, default=[500, 375], metavar=('W', 'H'))
     g.add_argument('--data_batch_size', type=_positive, default=32)
     g.add_argument('--data_input_size', type=_positive, default=224)
+    g.add_argument('--pipelines', nargs='+', choices=DATA_PIPELINES, default=list(DATA_PIPELINES),
+                   help='reference: float output normalised/erased in the workers (today\'s kind); uint8: the '
+                        'default --data_backend pil (uint8 output, normalise/erase on the device); dali: '
+                        '--data_backend dali in DALI\'s CPU mode, its threads = --workers (skipped if not installed)')
     args = p.parse_args(argv)
     if args.mode == 'model' and args.input_size < 32:
         p.error(f"--input_size must be >= 32 (got {args.input_size})")

@@ -49,11 +49,14 @@ def test_data_mode_generated_folder(tmp_path):
                 '--data_input_size', '32', '--workers', '0', '1', '--repeats', '1', '--json', str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert [r['workers'] for r in res['results']] == [0, 1]
+    rows = [(r['pipeline'], r['workers']) for r in res['results']]
+    assert rows[:4] == [('reference', 0), ('reference', 1), ('uint8', 0), ('uint8', 1)]  # dali rows if installed
     assert res['settings']['num_images'] == 8 and 'generated' in res['settings']['source']
     for r in res['results']:
         _positive_stats(r['img_s'])
+        _positive_stats(r['cpu_ms_per_img'])  # worker CPU time reaped from the exited workers
         assert r['img_s_per_worker'] > 0
+    assert 'CPU ms/img' in proc.stdout and 'vs reference' in proc.stdout
 
 
 def test_bad_input_is_one_line_error(tmp_path):
