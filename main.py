@@ -284,8 +284,6 @@ def validate_args(args: argparse.Namespace) -> None:
         path = getattr(args, flag)
         if path and not path.startswith(('http://', 'https://')) and not os.path.isfile(path):
             raise UserError(f"--{flag} {path}: file not found (check the path)")
-        if path and path.startswith(('http://', 'https://')):
-            raise UserError(f"--{flag} {path}: downloading is not supported; download the file and pass its path")
     mixup_on = not args.eval and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None)
     if mixup_on and args.batch_size % 2 != 0 and args.mixup_mode in ('batch', 'pair'):
         raise UserError(f"--mixup/--cutmix need an even --batch_size (got {args.batch_size}); "
@@ -308,6 +306,8 @@ def validate_args(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------- main
 
 def _sha256(path: str) -> str:
+    from models.weights import resolve_local_path
+    path = resolve_local_path(path)  # a URL: its cached download
     h = hashlib.sha256()
     with open(path, 'rb') as f:
         for block in iter(lambda: f.read(1 << 20), b''):
@@ -355,7 +355,7 @@ def main(args: argparse.Namespace) -> int:
     import models
     import utils
     from errors import UserError
-    from models.weights import checkpoint_filter_fn
+    from models.weights import checkpoint_filter_fn, select_in1k_head_rows
     from optim_factory import cosine_schedule, create_optimizer
 
     ds = utils.init_distributed(args.device, args.dist_url, args.world_size, args.dist_on_itp)
@@ -393,7 +393,8 @@ def main(args: argparse.Namespace) -> int:
                          gf_impl=args.gf_impl) if args.model.startswith('hornet_') else {}
     model = timm.create_model(args.model, num_classes=nb_classes, drop_path_rate=args.drop_path, **hornet_kwargs)
     if args.finetune:
-        sd = checkpoint_filter_fn(_finetune_state_dict(args), model, path=args.finetune)
+        sd = checkpoint_filter_fn(select_in1k_head_rows(_finetune_state_dict(args), nb_classes, args.finetune),
+                                  model, path=args.finetune)
         model.load_state_dict(sd, strict=True)
     model.to(ds.device)
     if args.channels_last:

@@ -24,6 +24,7 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from .pretrained import prepare_pretrained, released_files
 from .weights import checkpoint_filter_fn, load_pretrained_file
 
 __all__ = ['HorNet', 'GnConv', 'GlobalLocalFilter', 'LayerNorm2d', 'checkpoint_filter_fn']
@@ -504,17 +505,25 @@ def _cfg(**kwargs) -> Dict[str, Any]:
     }
 
 
+def _released(variant: str, **kwargs) -> Dict[str, Dict[str, Any]]:
+    """One cfg per released file of ``variant`` (models/pretrained.py), the original release's first (the default):
+    ``.in1k``/``.mmpretrain_in1k``, or ``.in22k``/``.mmpretrain_in22k`` with the 21841-class head of the file."""
+    return {f.name: _cfg(url=f.url, num_classes=f.num_classes, **kwargs) for f in released_files(variant)}
+
+
+_IMG384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
+
 default_cfgs = {
-    'hornet_tiny_7x7.in1k': _cfg(),
-    'hornet_tiny_gf.in1k': _cfg(),
-    'hornet_small_7x7.in1k': _cfg(),
-    'hornet_small_gf.in1k': _cfg(),
-    'hornet_base_7x7.in1k': _cfg(),
-    'hornet_base_gf.in1k': _cfg(),
-    'hornet_base_gf_img384.in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
-    'hornet_large_7x7.in22k_ft_in1k': _cfg(),
-    'hornet_large_gf.in22k_ft_in1k': _cfg(),
-    'hornet_large_gf_img384.in22k_ft_in1k': _cfg(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0),
+    **_released('hornet_tiny_7x7'),
+    **_released('hornet_tiny_gf'),
+    **_released('hornet_small_7x7'),
+    **_released('hornet_small_gf'),
+    **_released('hornet_base_7x7'),
+    **_released('hornet_base_gf'),
+    'hornet_base_gf_img384': _cfg(**_IMG384),  # no released file
+    **_released('hornet_large_7x7'),
+    **_released('hornet_large_gf'),
+    **_released('hornet_large_gf_img384', **_IMG384),
     'hornet_micro_7x7': _cfg(),
     'hornet_micro_gf': _cfg(),
 }
@@ -527,6 +536,7 @@ except ImportError:  # pragma: no cover
 
 
 def _create_hornet(variant: str, pretrained: bool = False, **kwargs) -> HorNet:
+    kwargs = prepare_pretrained(variant, pretrained, kwargs)  # downloads a released file (cached, hash-checked)
     return build_model_with_cfg(
         HorNet, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

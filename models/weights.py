@@ -19,8 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['CheckpointError', 'safe_load', 'extract_state_dict', 'checkpoint_filter_fn', 'load_pretrained_file',
-           'guess_variant', 'create_model_with_weights']
+__all__ = ['CheckpointError', 'safe_load', 'resolve_local_path', 'extract_state_dict', 'checkpoint_filter_fn',
+           'load_pretrained_file', 'guess_variant', 'create_model_with_weights', 'select_in1k_head_rows',
+           'in1k_to_21k_map']
 
 _logger = logging.getLogger(__name__)
 
@@ -29,9 +30,23 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message is one line naming the file/keys and the fix."""
 
 
+def resolve_local_path(path_or_url: Any) -> str:
+    """A local path for ``path_or_url``: an http(s) URL is downloaded once into torch's hub cache (hash-checked
+    where the sha256 prefix is known; see :func:`models.pretrained.download_cached`), anything else is returned
+    as is. Raises a one-line :class:`CheckpointError` when the download fails."""
+    path = os.fspath(path_or_url)
+    if re.match(r'^https?://', path, re.IGNORECASE):
+        from .pretrained import download_cached
+        return download_cached(path)
+    return path
+
+
 def safe_load(path: str) -> Any:
-    """Load a checkpoint file without executing code from it (``weights_only=True``; .safetensors supported)."""
-    path = os.fspath(path)
+    """Load a checkpoint file without executing code from it (``weights_only=True``; .safetensors supported).
+
+    ``path`` may be an http(s) URL: the file is downloaded into the cache first (:func:`resolve_local_path`).
+    """
+    path = resolve_local_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path} (check the path)")
     if path.endswith('.safetensors'):
@@ -193,3 +208,43 @@ def create_model_with_weights(name: str, num_classes: int, state_dict: Mapping[s
         model = timm.create_model(name, num_classes=num_classes)
         model.load_state_dict(sd, strict=True)
     return model
+
+
+_IN1K_MAP_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'in1k_to_21k_map.pth')
+IN22K_CLASSES = 21841  # classes of the original release's ImageNet-22K head
+_IN1K_MAP: Optional[torch.Tensor] = None
+
+
+def in1k_to_21k_map() -> torch.Tensor:
+    """The original release's ``in1k_to_21k_map.pth``: 1000 int64 indices, row i of an ImageNet-1K head is row
+    map[i] of the 21841-class ImageNet-22K head (ImageNet-1K class order of torchvision's ImageFolder)."""
+    global _IN1K_MAP
+    if _IN1K_MAP is None:
+        rows = torch.load(_IN1K_MAP_FILE, map_location='cpu', weights_only=True)
+        assert rows.dtype == torch.int64 and rows.shape == (1000,), (rows.dtype, rows.shape)
+        _IN1K_MAP = rows
+    return _IN1K_MAP.clone()
+
+
+def select_in1k_head_rows(state_dict: Mapping[str, Any], num_classes: Optional[int],
+                          path: str = '<checkpoint>') -> Mapping[str, Any]:
+    """For fine-tuning an ImageNet-22K model on ImageNet-1K, as the original ``main.py --finetune`` does: when the
+    checkpoint's classifier has 21841 rows and the new model has 1000 classes, keep exactly the 1000 ImageNet-1K
+    rows (``head.weight[map]``, ``head.bias[map]`` with :func:`in1k_to_21k_map`) instead of a new random head.
+
+    Any other state dict (or class count) is returned unchanged. The result has the original release's key names
+    (mmpretrain/DDP names converted), which :func:`checkpoint_filter_fn` accepts.
+    """
+    if num_classes != 1000:
+        return state_dict
+    sd = _convert_keys(extract_state_dict(state_dict, path=path))
+    weight, bias = sd.get('head.weight'), sd.get('head.bias')
+    if weight is None or weight.ndim != 2 or weight.shape[0] != IN22K_CLASSES:
+        return state_dict
+    rows = in1k_to_21k_map()
+    sd['head.weight'] = weight[rows].contiguous()
+    if bias is not None and bias.shape == (IN22K_CLASSES,):
+        sd['head.bias'] = bias[rows].contiguous()
+    _logger.info('%s: kept the 1000 ImageNet-1K rows of its %d-class ImageNet-22K head (in1k_to_21k_map.pth, '
+                 'as the original release does)', path, IN22K_CLASSES)
+    return sd

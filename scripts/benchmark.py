@@ -213,10 +213,11 @@ def build_model(name: str, input_size: int, gf_impl: str, original: Any = None) 
     default_size = (default.input_size[-1] if default is not None and default.input_size else 224)
     if input_size != default_size and not name.startswith('hornet_'):
         kwargs['img_size'] = input_size  # ViT/Swin-style models fix their grid at construction
+    kwargs['num_classes'] = 1000  # ImageNet-1K heads for all (HorNet-L's default cfg is its 21841-class 22K head)
     try:
         model = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError:
-        model = timm.create_model(name, pretrained=False)
+        model = timm.create_model(name, pretrained=False, num_classes=1000)
     if hasattr(model, 'set_gf_impl'):
         model.set_gf_impl(gf_impl)
     return model
@@ -569,7 +570,7 @@ def tensor_memory_of_step(name: str, batch: int, input_size: int, grad_ckpt: str
         raise UserError(f"--mode memory needs torch's MemTracker (torch >= 2.5): {e}") from None
     import timm
     with torch.device('meta'):
-        model = timm.create_model(name)
+        model = timm.create_model(name, num_classes=1000)  # 1K head (HorNet-L's default cfg is its 22K head)
     with FakeTensorMode(allow_non_fake_inputs=True):
         model = model.to_empty(device='cpu')
         apply_checkpointing(model, name, grad_ckpt)

@@ -149,7 +149,7 @@ def default_input_size(model: nn.Module, fallback: int = 224) -> int:
 def measure(name: str, input_size: Optional[int], gf_impl: str = 'fft') -> Dict[str, Any]:
     """Build ``name`` (random init), count params and FLOPs at ``input_size`` (None: the model's default)."""
     import timm
-    model = timm.create_model(name, pretrained=False)
+    model = timm.create_model(name, pretrained=False, num_classes=1000)  # the paper's 1K head (L's default is 22K)
     if hasattr(model, 'set_gf_impl'):
         model.set_gf_impl(gf_impl)
     size = input_size or default_input_size(model)

@@ -217,7 +217,8 @@ def predict(args: argparse.Namespace) -> List[dict]:
     files = find_images(args.paths)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"cannot write --json {args.json}: its folder does not exist (create it first)")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+    if args.checkpoint is not None and not args.checkpoint.startswith(('http://', 'https://')) \
+            and not Path(args.checkpoint).is_file():
         raise UserError(f"checkpoint not found: {args.checkpoint} (check the path)")
     if args.checkpoint is None and not args.allow_random:
         raise UserError(NO_CHECKPOINT)
