@@ -206,7 +206,8 @@ def run(args: argparse.Namespace) -> int:
     """Export, then verify; returns the exit status."""
     if args.input_size is not None and args.input_size < 32:
         raise UserError(f"--input_size {args.input_size} is too small (HorNet needs at least 32 pixels)")
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+    if args.checkpoint is not None and not args.checkpoint.startswith(('http://', 'https://')) \
+            and not Path(args.checkpoint).is_file():
         raise UserError(f"checkpoint not found: {args.checkpoint} (check the path)")
     out = Path(args.output)
     if not out.resolve().parent.is_dir():
