@@ -10,8 +10,11 @@
   only the GEMM outputs (plus its inputs) and recomputes the gating products in backward: the memory of
   selective checkpointing without its per-op dispatch.
 
-Everything here is plain torch (any device, any dtype, autocast-aware); the Triton kernels live in
-``models/kernels``. Tests against the reference formulation: ``tests/test_fast_ops.py``.
+* :func:`gnconv_tail_triton` (``GnConv.triton_dwconv``): the 7x7 depthwise conv of the channel slice (no copy),
+  scale, bias and the first gating multiply in one Triton kernel (``models/kernels``), then the gating chain.
+
+Everything but the Triton kernels is plain torch (any device, any dtype, autocast-aware). Tests against the
+reference formulation: ``tests/test_fast_ops.py``.
 """
 from __future__ import annotations
 
@@ -19,8 +22,9 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 
-__all__ = ['global_filter_kron', 'kron_dft_mats', 'gating_chain', 'GatingChain']
+__all__ = ['global_filter_kron', 'kron_dft_mats', 'gating_chain', 'GatingChain', 'gnconv_tail_triton']
 
 
 # ------------------------------------------------------------------------------------------ Global Filter
@@ -205,3 +209,42 @@ def gating_chain(pwa: torch.Tensor, dw: torch.Tensor, dims, pws, proj_out) -> to
     for conv in list(pws) + [proj_out]:
         params += [conv.weight.flatten(1), conv.bias]
     return GatingChain.apply(pwa, dw, tuple(dims), *params)
+
+
+# ------------------------------------------------------------------------------------------ Triton depthwise conv
+_warned_fallback = False
+
+
+def gnconv_tail_triton(gn, pwa: torch.Tensor, abc: torch.Tensor) -> torch.Tensor:
+    """The rest of ``GnConv.forward_nhwc`` (7x7 variant) after proj_in, with the depthwise conv, its scale and bias
+    and the first gating multiply in one Triton kernel (``models.kernels.dwconv_gate_nhwc``). With
+    ``gn.fused_gating`` (and autograd on) the kernel computes the conv only and :class:`GatingChain` the rest.
+
+    Where the kernels cannot run (CPU without ``TRITON_INTERPRET=1``, or no triton) this is the torch path,
+    with a one-time warning.
+    """
+    from . import kernels
+    conv = gn.dwconv
+    weight, bias = conv.weight * gn.scale, conv.bias * gn.scale
+    x: Optional[torch.Tensor] = None
+    if not kernels.can_run_on(abc):
+        global _warned_fallback
+        if not _warned_fallback:
+            import warnings
+            reason = kernels.triton_available() or f'{abc.device.type} tensors need CUDA (or TRITON_INTERPRET=1)'
+            warnings.warn(f'triton depthwise conv unavailable ({reason}); using torch\'s conv', RuntimeWarning)
+            _warned_fallback = True
+        dw = F.conv2d(abc.permute(0, 3, 1, 2), weight, bias, conv.stride, conv.padding, conv.dilation,
+                      conv.groups).permute(0, 2, 3, 1)
+    elif gn.fused_gating and torch.is_grad_enabled():
+        return gating_chain(pwa, kernels.dwconv_nhwc(abc, weight, bias), gn.dims, gn.pws, gn.proj_out)
+    else:
+        x, dw = kernels.dwconv_gate_nhwc(abc, pwa, weight, bias)
+    if gn.fused_gating and torch.is_grad_enabled():
+        return gating_chain(pwa, dw, gn.dims, gn.pws, gn.proj_out)
+    q = torch.split(dw, gn.dims, dim=-1)
+    if x is None:
+        x = pwa * q[0]
+    for i, pw in enumerate(gn.pws):
+        x = F.linear(x, pw.weight.flatten(1), pw.bias) * q[i + 1]
+    return F.linear(x, gn.proj_out.weight.flatten(1), gn.proj_out.bias)

@@ -192,6 +192,7 @@ class GnConv(nn.Module):
         self.pws = nn.ModuleList([nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1)])
         self.scale = scale
         self.fused_gating = False  # opt-in: the gating chain as one autograd Function (fast_ops.GatingChain)
+        self.triton_dwconv = False  # opt-in: 7x7 conv + scale + first gating multiply in Triton (models/kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW in, NCHW out (the module's public contract; the work is done channels-last)."""
@@ -208,6 +209,8 @@ class GnConv(nn.Module):
         pwa, abc = torch.split(fused, (self.dims[0], sum(self.dims)), dim=-1)
         if isinstance(self.dwconv, nn.Conv2d):
             conv = self.dwconv
+            if self.triton_dwconv and not torch.jit.is_scripting():
+                return fast_ops.gnconv_tail_triton(self, pwa, abc)
             dw = F.conv2d(abc.permute(0, 3, 1, 2), conv.weight * self.scale, conv.bias * self.scale,
                           conv.stride, conv.padding, conv.dilation, conv.groups)
             dw = dw.permute(0, 2, 3, 1)
@@ -431,6 +434,19 @@ class HorNet(nn.Module):
         for m in self.modules():
             if isinstance(m, GnConv):
                 m.fused_gating = enable
+
+    @torch.jit.ignore
+    def set_triton_dwconv(self, enable: bool = True) -> None:
+        """Opt-in: the 7x7 depthwise conv, its scale and the first gating multiply as one Triton kernel, forward
+        and backward (models/kernels; CUDA only, torch's conv elsewhere; unmeasured on GPU)."""
+        if enable:
+            from .kernels import triton_available
+            reason = triton_available()
+            if reason is not None:
+                raise RuntimeError(f'set_triton_dwconv needs triton: {reason}')
+        for m in self.modules():
+            if isinstance(m, GnConv):
+                m.triton_dwconv = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

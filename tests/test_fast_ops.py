@@ -310,3 +310,58 @@ def test_fused_gating_training_forward_is_one_torch_compile_graph():
     explained = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
+
+
+# ------------------------------------------------------------------------------------------ Triton kernels
+def _run_triton_check(name: str) -> None:
+    """tests/triton_checks.py NAME in a fresh interpreter with TRITON_INTERPRET=1 (set before triton loads)."""
+    import os
+    import subprocess
+    import sys
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=str(root))
+    proc = subprocess.run([sys.executable, '-W', 'ignore', '-m', 'tests.triton_checks', name], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if proc.returncode == 77:
+        pytest.skip(proc.stdout.strip() or 'triton cannot be imported')
+    assert proc.returncode == 0, f'{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}'
+    print(proc.stdout)
+
+
+@pytest.mark.parametrize('check', ['dwconv_fp32', 'dwconv_bf16', 'dwconv_autocast', 'gnconv'])
+def test_triton_depthwise_kernels_under_the_interpreter(check):
+    """Forward, input and weight/bias gradients of the Triton depthwise conv (+ first gating multiply) against
+    torch: fp32 to summation order, bf16 no further from float64 than torch's bf16 conv; the GnConv hookup too."""
+    _run_triton_check(check)
+
+
+def test_triton_dwconv_falls_back_to_torch_where_kernels_cannot_run():
+    """On CPU without the interpreter the opt-in path computes torch's conv (with one warning), same result."""
+    import os
+    from models import kernels
+    if kernels.triton_available() is not None:
+        pytest.skip(f'triton cannot be imported: {kernels.triton_available()}')
+    if kernels.interpreting():
+        pytest.skip('TRITON_INTERPRET is set in this process: the kernels would run')
+    assert os.environ.get('TRITON_INTERPRET', '0') in ('', '0')
+    torch.manual_seed(0)
+    model = HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8)
+    x = torch.randn(2, 3, 64, 64)
+    ref = model(x)
+    model.set_triton_dwconv(True)
+    assert all(m.triton_dwconv for m in model.modules() if isinstance(m, GnConv))
+    fast_ops._warned_fallback = False
+    with pytest.warns(RuntimeWarning, match='triton depthwise conv unavailable'):
+        out = model(x)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    model.set_triton_dwconv(False)
+    assert not any(m.triton_dwconv for m in model.modules() if isinstance(m, GnConv))
+
+
+def test_every_fast_path_is_off_by_default():
+    model = timm.create_model('hornet_micro_gf')
+    for m in model.modules():
+        if isinstance(m, GnConv):
+            assert not m.fused_gating and not m.triton_dwconv
+        if isinstance(m, GlobalLocalFilter):
+            assert m.impl == 'fft'
