@@ -28,13 +28,16 @@ __all__ = ['global_filter_kron', 'kron_dft_mats', 'gating_chain', 'GatingChain',
 
 
 # ------------------------------------------------------------------------------------------ Global Filter
-def _axis_dft(n: int, half: bool) -> torch.Tensor:
-    """Complex orthonormal forward DFT matrix (n_out x n) along one axis, float64."""
+def _axis_dft(n: int, half: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Real and imaginary parts of the orthonormal forward DFT matrix (n_out x n) along one axis, float64.
+
+    Real tensors only (no complex dtype), so the construction also traces and compiles (torch.compile).
+    """
     n_out = n // 2 + 1 if half else n
     k = torch.arange(n_out, dtype=torch.float64).unsqueeze(1)
     j = torch.arange(n, dtype=torch.float64).unsqueeze(0)
     ang = -2.0 * math.pi * k * j / n
-    return torch.complex(torch.cos(ang), torch.sin(ang)) / math.sqrt(n)
+    return torch.cos(ang) / math.sqrt(n), torch.sin(ang) / math.sqrt(n)
 
 
 def _axis_irdft(n: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -67,16 +70,18 @@ def kron_dft_mats(h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
     ``irfft2`` = inverse c2c DFT along H, then the C2R transform along W; so the inverse matrix is the Kronecker
     product of conj(F_h) with the C2R matrices of :func:`_axis_irdft` (Hermitian weights included).
     """
-    fh = _axis_dft(h, half=False)                                   # (h, h)
-    fw = _axis_dft(w, half=True)                                    # (w2, w)
-    f = torch.kron(fh, fw)                                          # (K, h*w): X = f @ x
-    fwd = torch.stack((f.real, f.imag), dim=1).reshape(-1, h * w).t().contiguous()   # (h*w, 2K)
-    gh = fh.conj()                                                  # orthonormal inverse along H (symmetric)
+    fh_re, fh_im = _axis_dft(h, half=False)                         # (h, h)
+    fw_re, fw_im = _axis_dft(w, half=True)                          # (w2, w)
+    # f = kron(fh, fw) (K x h*w, complex): X = f @ x
+    f_re = torch.kron(fh_re, fw_re) - torch.kron(fh_im, fw_im)
+    f_im = torch.kron(fh_re, fw_im) + torch.kron(fh_im, fw_re)
+    fwd = torch.stack((f_re, f_im), dim=1).reshape(-1, h * w).t().contiguous()       # (h*w, 2K)
+    gh_re, gh_im = fh_re, -fh_im                                    # orthonormal inverse along H: conj (symmetric)
     iw_re, iw_im = _axis_irdft(w)                                   # (w, w2) each
     # y = sum_k [Re(D) iw_re + Im(D) iw_im] with D = gh @ Z along H:
     #   Re(D) = gh.re Z.re - gh.im Z.im,   Im(D) = gh.re Z.im + gh.im Z.re
-    inv_re = torch.kron(gh.real, iw_re) + torch.kron(gh.imag, iw_im)   # (h*w, K), multiplies Z.re
-    inv_im = torch.kron(gh.real, iw_im) - torch.kron(gh.imag, iw_re)   # (h*w, K), multiplies Z.im
+    inv_re = torch.kron(gh_re, iw_re) + torch.kron(gh_im, iw_im)    # (h*w, K), multiplies Z.re
+    inv_im = torch.kron(gh_re, iw_im) - torch.kron(gh_im, iw_re)    # (h*w, K), multiplies Z.im
     inv = torch.stack((inv_re, inv_im), dim=-1).reshape(h * w, -1).t().contiguous()  # (2K, h*w)
     return fwd, inv
 
@@ -109,17 +114,18 @@ def global_filter_kron(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Same function as ``global_filter_fft(x, weight)``: (B, C, H, W) in and out, weight (C, H, W//2+1, 2).
 
     Two GEMMs over the flattened map (contraction length H*W and 2*H*(W//2+1)) around a complex multiply done
-    in real arithmetic. Computed in x's dtype (bf16 under bf16 autocast, like ``gf_impl='matmul'``).
+    in real arithmetic. Computed in the GEMM dtype: x's, or the autocast dtype (bf16 GEMMs and filter product
+    under bf16 autocast, like ``gf_impl='matmul'``; the reference FFT stays fp32).
     On the channels-last view the block passes in, the first GEMM reads the map transposed in place and the
     second writes channels-last, so neither side makes a layout copy.
     """
     b, c, h, w = x.shape
-    dt = x.dtype
     fwd, inv = _kron_mats(h, w, x)
     k2 = fwd.shape[1]
     xt = x.reshape(b, c, h * w)                       # a strided view for channels-last input
     y = torch.matmul(xt, fwd)                         # (B, C, 2K), (k, re/im) interleaved
     y = y.view(b, c, k2 // 2, 2)
+    dt = y.dtype                                      # the GEMM's dtype (bf16 under bf16 autocast)
     wr, wi = weight[..., 0].reshape(c, -1).to(dt), weight[..., 1].reshape(c, -1).to(dt)   # (C, K)
     # (yr + i yi)(wr + i wi) = (yr wr - yi wi) + i (yr wi + yi wr) = y * [wr, wr] + flip(y) * [-wi, wi]
     wa = torch.stack((wr, wr), dim=-1)

@@ -7,12 +7,11 @@ import pathlib
 
 import pytest
 import torch
-import torch.nn.functional as F
 import timm
 
 import models  # noqa: F401  (registers the models)
 from models import fast_ops
-from models.hornet import GF_384, GlobalLocalFilter, GnConv, HorBlock, HorNet, global_filter_fft
+from models.hornet import GF_384, GlobalLocalFilter, GnConv, HorNet, global_filter_fft
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 
@@ -313,13 +312,18 @@ def test_fused_gating_training_forward_is_one_torch_compile_graph():
 
 
 # ------------------------------------------------------------------------------------------ Triton kernels
-def _run_triton_check(name: str) -> None:
-    """tests/triton_checks.py NAME in a fresh interpreter with TRITON_INTERPRET=1 (set before triton loads)."""
+def _run_triton_check(name: str, device: str = 'cpu') -> None:
+    """tests/triton_checks.py NAME in a fresh process: on CPU with TRITON_INTERPRET=1 (set before triton loads),
+    on CUDA with the compiled kernels."""
     import os
     import subprocess
     import sys
     root = pathlib.Path(__file__).resolve().parent.parent
-    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=str(root))
+    env = dict(os.environ, PYTHONPATH=str(root), TRITON_CHECK_DEVICE=device)
+    if device == 'cpu':
+        env['TRITON_INTERPRET'] = '1'
+    else:
+        env.pop('TRITON_INTERPRET', None)
     proc = subprocess.run([sys.executable, '-W', 'ignore', '-m', 'tests.triton_checks', name], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode == 77:
@@ -333,6 +337,33 @@ def test_triton_depthwise_kernels_under_the_interpreter(check):
     """Forward, input and weight/bias gradients of the Triton depthwise conv (+ first gating multiply) against
     torch: fp32 to summation order, bf16 no further from float64 than torch's bf16 conv; the GnConv hookup too."""
     _run_triton_check(check)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the CPU run is the interpreter test)')
+@pytest.mark.parametrize('check', ['dwconv_fp32', 'dwconv_bf16', 'dwconv_autocast', 'gnconv'])
+def test_triton_depthwise_kernels_compiled_on_cuda(check):
+    _run_triton_check(check, 'cuda')
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('hw, filt', GF_SIZES)
+def test_global_filter_kron_equals_cufft_on_cuda(hw, filt):
+    """On a GPU the reference is cuFFT: the same check as on CPU (fp32, no TF32 in the GEMMs)."""
+    torch.backends.cuda.matmul.allow_tf32, tf32 = False, torch.backends.cuda.matmul.allow_tf32
+    try:
+        (h, w), c = hw, 6
+        x = _channels_last_slice(2, c, h, w).cuda().requires_grad_()
+        weight = torch.randn(c, *filt, 2, device='cuda', requires_grad=True)
+        out_k = fast_ops.global_filter_kron(x, weight)
+        out_f = global_filter_fft(x, weight)
+        torch.testing.assert_close(out_k, out_f, rtol=1e-5, atol=1e-5)
+        g = torch.randn_like(out_f)
+        grads_k = torch.autograd.grad(out_k, (x, weight), g)
+        grads_f = torch.autograd.grad(out_f, (x, weight), g)
+        for a, b in zip(grads_k, grads_f):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def test_triton_dwconv_falls_back_to_torch_where_kernels_cannot_run():

@@ -2,7 +2,8 @@
 ``TRITON_INTERPRET=1`` set before triton is imported (so they run on CPU tensors, no GPU needed).
 
 ``python -m tests.triton_checks NAME`` exits 0 when the check passes, 77 when triton cannot be imported (the
-test then skips, printing why), anything else on failure.
+test then skips, printing why), anything else on failure. With ``TRITON_CHECK_DEVICE=cuda`` (and no
+``TRITON_INTERPRET``) the same checks run the compiled kernels on a GPU.
 """
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import os
 import sys
 
 SKIP = 77
+DEVICE = os.environ.get('TRITON_CHECK_DEVICE', 'cpu')
 
 
 def _setup():
-    os.environ.setdefault('TRITON_INTERPRET', '1')
+    if DEVICE == 'cpu':
+        os.environ.setdefault('TRITON_INTERPRET', '1')
     try:
         import triton  # noqa: F401
         import triton.language  # noqa: F401
     except Exception as e:
         print(f'triton cannot be imported: {type(e).__name__}: {e}')
         sys.exit(SKIP)
-    _round_bf16_to_nearest_even_in_the_interpreter()
+    if DEVICE == 'cpu':
+        _round_bf16_to_nearest_even_in_the_interpreter()
 
 
 def _round_bf16_to_nearest_even_in_the_interpreter():
@@ -89,8 +93,8 @@ def _run(impl, fused, d0, weight, bias, dtype, gated=True):
     else:
         x0, q = _ref_dwconv_gate(f, d0, ws, bs, dtype)
     gen = torch.Generator().manual_seed(3)
-    g0 = torch.randn(x0.shape, generator=gen)
-    g1 = torch.randn(q.shape, generator=gen)
+    g0 = torch.randn(x0.shape, generator=gen).to(x0.device)
+    g1 = torch.randn(q.shape, generator=gen).to(q.device)
     loss = (x0.double() * g0).sum() + (q[..., d0:].double() * g1[..., d0:]).sum()
     loss.backward()
     outs = dict(x0=x0, q=q, grad_fused=f.grad, grad_weight=w.grad)
@@ -102,9 +106,9 @@ def _run(impl, fused, d0, weight, bias, dtype, gated=True):
 def _inputs(bsz, h, w, d0, c, ks, seed=0, bias=True):
     import torch
     gen = torch.Generator().manual_seed(seed)
-    fused = torch.randn(bsz, h, w, d0 + c, generator=gen)
-    weight = torch.randn(c, 1, ks, ks, generator=gen) * (1.0 / ks)
-    b = torch.randn(c, generator=gen) if bias else None
+    fused = torch.randn(bsz, h, w, d0 + c, generator=gen).to(DEVICE)
+    weight = (torch.randn(c, 1, ks, ks, generator=gen) * (1.0 / ks)).to(DEVICE)
+    b = torch.randn(c, generator=gen).to(DEVICE) if bias else None
     return fused, weight, b
 
 
@@ -154,7 +158,7 @@ def check_dwconv_autocast():
     from models import kernels
     fused, weight, bias = _inputs(1, 4, 4, 2, 6, 7)
     pwa, abc = fused.split((2, 6), dim=-1)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
         x0, q = kernels.dwconv_gate_nhwc(abc.bfloat16(), pwa.bfloat16(), weight, bias)
         _, q_ref = _ref_dwconv_gate(fused.bfloat16(), 2, weight, bias, torch.bfloat16)
     assert q.dtype == q_ref.dtype == torch.bfloat16 and x0.dtype == torch.bfloat16
@@ -169,10 +173,10 @@ def _gnconv_run(m, x, dtype=None):
     if dtype is None:
         out = m(xi)
     else:
-        with torch.autocast('cpu', dtype=dtype):
+        with torch.autocast(DEVICE, dtype=dtype):
             out = m(xi)
     gen = torch.Generator().manual_seed(1)
-    out.float().mul(torch.randn(out.shape, generator=gen)).sum().backward()
+    out.float().mul(torch.randn(out.shape, generator=gen).to(out.device)).sum().backward()
     return [out] + [xi.grad] + [p.grad.clone() for p in m.parameters()]
 
 
@@ -183,15 +187,15 @@ def check_gnconv():
     import torch
     from models import kernels
     from models.hornet import GnConv
-    assert kernels.can_run_on(torch.empty(1)), 'the kernels would not run: this would compare torch with torch'
+    assert kernels.can_run_on(torch.empty(1, device=DEVICE)), 'kernels would not run: torch compared with torch'
     warnings.simplefilter('error', RuntimeWarning)  # (the fallback to torch warns)
     torch.manual_seed(0)
     for order in (2, 5):
-        m = GnConv(32, order=order, scale=1 / 3)
+        m = GnConv(32, order=order, scale=1 / 3).to(DEVICE)
         with torch.no_grad():
             for p in m.parameters():
                 p.normal_(0, 0.3)
-        x = torch.randn(2, 32, 5, 6).contiguous(memory_format=torch.channels_last)
+        x = torch.randn(2, 32, 5, 6).to(DEVICE).contiguous(memory_format=torch.channels_last)
         names = ['output', 'input'] + [n for n, _ in m.named_parameters()]
         ref = _gnconv_run(m, x)
         for fused_gating in (False, True):
