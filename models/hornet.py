@@ -24,12 +24,15 @@ from timm.models import build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
+from . import fast_ops
 from .pretrained import prepare_pretrained, released_files
 from .weights import checkpoint_filter_fn, load_pretrained_file
 
 __all__ = ['HorNet', 'GnConv', 'GlobalLocalFilter', 'LayerNorm2d', 'checkpoint_filter_fn']
 
 _logger = logging.getLogger(__name__)
+
+GF_IMPLS = ('fft', 'matmul', 'kron')  # Global Filter implementations; 'kron' is opt-in (unmeasured on GPU)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -152,6 +155,8 @@ class GlobalLocalFilter(nn.Module):
         x2 = x2.permute(0, 3, 1, 2)
         if self.impl == 'matmul':
             x2 = global_filter_matmul(x2, weight)
+        elif self.impl == 'kron' and not torch.jit.is_scripting():  # opt-in, see models/fast_ops.py
+            x2 = fast_ops.global_filter_kron(x2, weight)
         else:
             x2 = global_filter_fft(x2, weight)
         x2 = x2.to(x1.dtype)
@@ -187,6 +192,8 @@ class GnConv(nn.Module):
         self.proj_out = nn.Conv2d(dim, dim, 1)
         self.pws = nn.ModuleList([nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1)])
         self.scale = scale
+        self.fused_gating = False  # opt-in: the gating chain as one autograd Function (fast_ops.GatingChain)
+        self.triton_dwconv = False  # opt-in: 7x7 conv + scale + first gating multiply in Triton (models/kernels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW in, NCHW out (the module's public contract; the work is done channels-last)."""
@@ -203,11 +210,15 @@ class GnConv(nn.Module):
         pwa, abc = torch.split(fused, (self.dims[0], sum(self.dims)), dim=-1)
         if isinstance(self.dwconv, nn.Conv2d):
             conv = self.dwconv
+            if self.triton_dwconv and not torch.jit.is_scripting():
+                return fast_ops.gnconv_tail_triton(self, pwa, abc)
             dw = F.conv2d(abc.permute(0, 3, 1, 2), conv.weight * self.scale, conv.bias * self.scale,
                           conv.stride, conv.padding, conv.dilation, conv.groups)
             dw = dw.permute(0, 2, 3, 1)
         else:
             dw = self.dwconv.forward_nhwc(abc, self.scale)
+        if self.fused_gating and torch.is_grad_enabled() and not torch.jit.is_scripting():
+            return fast_ops.gating_chain(pwa, dw, self.dims, self.pws, self.proj_out)
         dw_list = torch.split(dw, self.dims, dim=-1)
         x = pwa * dw_list[0]
         for i, pw in enumerate(self.pws):
@@ -312,7 +323,8 @@ class HorNet(nn.Module):
         orders: gnConv order per stage (2, 3, 4, 5 in the paper).
         gf_sizes: per stage, None for a 7x7 depthwise conv or (h, w) of the Global Filter's learned spectrum.
         gnconv_scale: output scale s of the depthwise branch (1/3 in all released models).
-        gf_impl: 'fft' (reference, fp32) or 'matmul' (DFT as dense matmuls; any dtype, compile/ONNX friendly).
+        gf_impl: 'fft' (reference, fp32), 'matmul' (DFT as dense matmuls; any dtype, compile/ONNX friendly) or
+            'kron' (opt-in: the 2-D DFT as one GEMM each way, models/fast_ops.py).
     """
 
     def __init__(
@@ -384,9 +396,9 @@ class HorNet(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def set_gf_impl(self, impl: str) -> None:
-        """Switch every Global Filter between 'fft' and 'matmul' (same function, see module docstring)."""
-        if impl not in ('fft', 'matmul'):
-            raise ValueError(f"gf_impl must be 'fft' or 'matmul' (got {impl!r})")
+        """Switch every Global Filter between 'fft', 'matmul' and 'kron' (same function; 'kron': fast_ops.py)."""
+        if impl not in GF_IMPLS:
+            raise ValueError(f"gf_impl must be one of {GF_IMPLS} (got {impl!r})")
         for m in self.modules():
             if isinstance(m, GlobalLocalFilter):
                 m.impl = impl
@@ -415,6 +427,27 @@ class HorNet(nn.Module):
         forward recompute with :meth:`set_grad_checkpointing`. Same outputs and gradients either way.
         """
         set_selective_checkpointing(self, enable)
+
+    @torch.jit.ignore
+    def set_fused_gating(self, enable: bool = True) -> None:
+        """Opt-in: each gnConv's gating chain as one autograd Function that keeps only the GEMM outputs for
+        backward (fast_ops.GatingChain; same outputs and gradients, less activation memory; unmeasured on GPU)."""
+        for m in self.modules():
+            if isinstance(m, GnConv):
+                m.fused_gating = enable
+
+    @torch.jit.ignore
+    def set_triton_dwconv(self, enable: bool = True) -> None:
+        """Opt-in: the 7x7 depthwise conv, its scale and the first gating multiply as one Triton kernel, forward
+        and backward (models/kernels; CUDA only, torch's conv elsewhere; unmeasured on GPU)."""
+        if enable:
+            from .kernels import triton_available
+            reason = triton_available()
+            if reason is not None:
+                raise RuntimeError(f'set_triton_dwconv needs triton: {reason}')
+        for m in self.modules():
+            if isinstance(m, GnConv):
+                m.triton_dwconv = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:

@@ -888,7 +888,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--dtype', nargs='+', choices=tuple(DTYPES), default=['fp32'], help='autocast dtype(s)')
     p.add_argument('--channels_last', nargs='+', type=_on_off, default=['off'], metavar='{on,off}')
     p.add_argument('--compile', nargs='+', type=_on_off, default=['off'], metavar='{on,off}')
-    p.add_argument('--gf_impl', nargs='+', choices=('fft', 'matmul'), default=['fft'],
+    p.add_argument('--gf_impl', nargs='+', choices=('fft', 'matmul', 'kron'), default=['fft'],
                    help='Global Filter implementation(s) for our GF models')
     p.add_argument('--grad_checkpointing', nargs='+', choices=('off', 'on', 'selective'), default=['off'],
                    help="on: the model's set_grad_checkpointing(); selective: HorNet's set_selective_checkpointing()")

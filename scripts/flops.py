@@ -198,7 +198,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--models', nargs='+', default=None, help='timm names (default: every HorNet variant)')
     p.add_argument('--input_size', type=int, default=None, help='square resolution (default: each model\'s own)')
-    p.add_argument('--gf_impl', choices=('fft', 'matmul'), default='fft',
+    p.add_argument('--gf_impl', choices=('fft', 'matmul', 'kron'), default='fft',
                    help="Global Filter path: 'fft' counts FFTs by formula, 'matmul' counts the DFT matmuls")
     p.add_argument('--json', default=None, help='also write the rows to this JSON file')
     p.add_argument('--threads', type=int, default=None, help='torch CPU threads (default: torch default)')
