@@ -46,12 +46,10 @@ import json
 import logging
 import math
 import os
-import re
 import sys
 import time
 import warnings
-from collections import defaultdict
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -604,9 +602,6 @@ def op_time(r: Dict[str, Any], gpu: Dict[str, Any], tf32: bool = True, depthwise
     return (t_mem, 'memory') if t_mem >= t_comp else (t_comp, 'compute')
 
 
-_IDX = re.compile(r'(?<=\.)\d+(?=\.|$)|^\d+(?=\.|$)')
-
-
 def module_pattern(path: str) -> str:
     """``stages.2.5.gnconv.pws.1`` -> ``stages.2.*.gnconv.pws.*``: the stage index stays, later indices go."""
     parts = path.split('.') if path else []
@@ -806,7 +801,6 @@ def format_markdown(res: Dict[str, Any], top: int = 15) -> str:
 
 # ------------------------------------------------------------------------------------------------- CLI
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    import timm  # noqa: F401
     import models  # noqa: F401 - registers the HorNet variants with timm
     from benchmark import check_models, load_original_module
     check_models(args.models, args.original)

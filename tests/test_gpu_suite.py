@@ -92,3 +92,38 @@ def test_report_of_an_empty_folder_says_what_is_missing(tmp_path):
     assert 'no eager.json' in md and 'no mem_hornet.json' in md and 'no roofline.json' in md
     assert 'not measured' in md
     assert gpu_report.main([str(tmp_path / 'missing')]) == 2
+
+
+@pytest.mark.parametrize('original', [False, True])
+def test_dry_run_fits_the_eight_minute_budget_in_the_worst_case(tmp_path, original):
+    """DRY_RUN=1: every step is assumed to take its whole time limit; the run must still end inside 8 minutes."""
+    import re
+    script = os.path.join(ROOT, 'scripts', 'gpu_suite.sh')
+    args = ['bash', script, str(tmp_path)] + (['--original', '/nonexistent/hornet.py'] if original else [])
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, env=dict(os.environ, DRY_RUN='1'))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    total = int(re.search(r'worst case total: (\d+)s', proc.stdout).group(1))
+    assert total + 15 <= 480  # + the report
+    steps = re.findall(r'\[dry run\] (\w+): up to (\d+)s \(SIGTERM', proc.stdout)
+    names = [n for n, _ in steps]
+    assert names[:3] == ['eager', 'mem_hornet', 'mem_convnext'] and 'compiled' in names
+    assert ('orig_own' in names) == original
+    assert all(int(s) >= 30 for _, s in steps)
+    eager = next(line for line in proc.stdout.splitlines() if line.startswith('[dry run] eager'))
+    for flag in ('--dtype bf16', '--channels_last on', '--batch_size 128', '--profile', '--baseline convnext_tiny',
+                 'hornet_tiny_7x7 hornet_tiny_gf convnext_tiny', '--gf_impl'):
+        assert flag in eager
+    assert ('orig:hornet_tiny_gf' in eager) == original
+
+
+def test_environment_check_step_passes_here(tmp_path):
+    """--check runs the suite's step 0 for real: imports, the model names and the gf_impl choices."""
+    script = os.path.join(ROOT, 'scripts', 'gpu_suite.sh')
+    proc = subprocess.run(['bash', script, str(tmp_path), '--check', '--smoke'], capture_output=True, text=True,
+                          timeout=180, env=dict(os.environ, PY=sys.executable))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'environment check passed' in proc.stdout and 'gf_impl choices: fft matmul' in proc.stdout
+    assert (tmp_path / 'suite.json').exists()
+    proc = subprocess.run(['bash', script, str(tmp_path), '--check'], capture_output=True, text=True, timeout=180,
+                          env=dict(os.environ, PY=sys.executable))  # the GPU model names are known here too
+    assert proc.returncode == 0 and 'environment check passed' in proc.stdout, proc.stdout[-3000:]
