@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Optional
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 import utils
@@ -55,6 +55,48 @@ class StepConfig:
     wd_fn: Optional[Callable[[int], float]] = None
 
 
+class DeviceSeries(utils.SmoothedValue):
+    """A progress meter fed with 0-d device tensors, read back to the host only when the meter is read.
+
+    ``push`` keeps the tensor (no host sync); the first read of ``median``/``avg``/``global_avg``/``value`` (the
+    progress line at a print step, the epoch averages) copies every pending value to the host in one transfer and
+    feeds them to the ordinary :class:`utils.SmoothedValue` in order, so the meter holds exactly the floats
+    ``.item()`` per step would have given."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: list = []
+
+    max_pending = 1024  # a rank that never prints still reads back every 1024 values, not once per epoch
+
+    def push(self, value: torch.Tensor) -> None:
+        self._pending.append(value.detach().reshape(()))
+        if len(self._pending) >= self.max_pending:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            for v in torch.stack(pending).tolist():  # one device-to-host copy for all pending values
+                super().update(v)
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.flush()
+        super().update(value, n)
+
+    median = property(lambda self: (self.flush(), utils.SmoothedValue.median.fget(self))[1])
+    avg = property(lambda self: (self.flush(), utils.SmoothedValue.avg.fget(self))[1])
+    global_avg = property(lambda self: (self.flush(), utils.SmoothedValue.global_avg.fget(self))[1])
+    value = property(lambda self: (self.flush(), utils.SmoothedValue.value.fget(self))[1])
+
+
+def _device_meter(metric_logger: utils.MetricLogger, name: str) -> DeviceSeries:
+    m = metric_logger.meters.get(name)
+    if not isinstance(m, DeviceSeries):
+        m = metric_logger.meters[name] = DeviceSeries()
+    return m
+
+
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     if dtype is None:
         return contextlib.nullcontext()
@@ -78,6 +120,11 @@ def train_one_epoch(
     """Run the rest of ``state.epoch`` (``num_batches`` micro-batches remain). Returns epoch averages.
 
     ``save_fn('preempt')`` is called when a stop signal was seen by any rank, after the step it interrupted.
+
+    Host syncs: the loss, gradient norm and loss scale stay on the device (:class:`DeviceSeries`) and reach the
+    host only when a progress line is printed and at the end of the epoch. Once per optimizer step, one device
+    tensor [rank of a non-finite loss, stop requested] is all-reduced (one collective under DDP) and read: the
+    only per-step sync.
     """
     ds = utils.dist_state()
     device = ds.device
@@ -86,7 +133,7 @@ def train_one_epoch(
     header = f'Epoch: [{state.epoch}]'
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
-    local_bad = 0.0
+    local_bad = torch.zeros((), dtype=torch.bool, device=device)  # any non-finite loss on this rank so far
     micro = 0
     for samples, targets in metric_logger.log_every(loader, cfg.print_freq, header, num_batches, cfg.batch_size):
         if micro % cfg.update_freq == 0 and cfg.lr_fn is not None:
@@ -104,27 +151,31 @@ def train_one_epoch(
             with autocast(device, cfg.amp_dtype):
                 output = model(samples)
                 loss = criterion(output, targets)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                local_bad = 1.0
+            local_bad = local_bad | ~torch.isfinite(loss.detach()).all()
             scaler.scale(loss / cfg.update_freq).backward()
+        _device_meter(metric_logger, 'loss').push(loss)
         micro += 1
         if not boundary:
-            metric_logger.update(loss=loss_value)
             continue
 
-        # One collective per optimizer step: did any rank see a non-finite loss, or a stop signal?
-        bad_rank, stop = utils.all_reduce_max([(ds.rank + 1) * local_bad, 1.0 if utils.STOP.requested else 0.0])
+        # One device tensor, one collective and one host read per optimizer step: did any rank see a non-finite
+        # loss (the highest such rank + 1, else 0), or a stop signal?
+        flags = torch.stack([local_bad.to(torch.float64) * (ds.rank + 1),
+                             torch.full((), 1.0 if utils.STOP.requested else 0.0, dtype=torch.float64, device=device)])
+        if ds.distributed:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        bad_rank, stop = flags.tolist()
         if bad_rank > 0:
             optimizer.zero_grad(set_to_none=True)
+            mine = bool(local_bad.item())  # the error path may sync
             raise NonFiniteLoss(
-                f"loss is {loss_value if local_bad else 'non-finite'} on rank {int(bad_rank) - 1} at epoch "
+                f"loss is {loss.item() if mine else 'non-finite'} on rank {int(bad_rank) - 1} at epoch "
                 f"{state.epoch}, optimizer step {state.global_step}: stopping without saving (lower --lr, enable "
                 f"--clip_grad, or use --amp_dtype bfloat16); the last checkpoint is intact")
         scaler.unscale_(optimizer)
         grad_norm = None
         if cfg.clip_grad is not None and cfg.clip_grad > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
@@ -136,9 +187,15 @@ def train_one_epoch(
 
         lrs = [g['lr'] for g in optimizer.param_groups]
         wd = next((g['weight_decay'] for g in optimizer.param_groups if g['weight_decay'] > 0), 0.0)
-        metric_logger.update(loss=loss_value, lr=max(lrs), min_lr=min(lrs), weight_decay=wd, grad_norm=grad_norm)
+        metric_logger.update(lr=max(lrs), min_lr=min(lrs), weight_decay=wd)
+        if grad_norm is not None:
+            _device_meter(metric_logger, 'grad_norm').push(grad_norm)
         if scaler.is_enabled():
-            metric_logger.update(loss_scale=scaler.get_scale())
+            scale = scaler._get_scale_async() if hasattr(scaler, '_get_scale_async') else None
+            if scale is None:
+                metric_logger.update(loss_scale=scaler.get_scale())
+            else:  # a copy: the scaler updates its scale tensor in place
+                _device_meter(metric_logger, 'loss_scale').push(scale.detach().clone().float())
         if on_step is not None:
             on_step(state)
         if stop:

@@ -13,6 +13,11 @@ Peak memory is measured on a separate, untimed step per case:
   * CPU: peak resident set size (RSS, ``/proc/self/statm`` sampled every 1 ms by a thread) during the step minus
     RSS just before it (after ``gc.collect()`` and glibc ``malloc_trim(0)``), plus parameters and optimizer state.
 
+``--profile TOP`` then profiles one training step per case (``torch.profiler``): on a GPU the TOP kernels by CUDA
+time, the kernel launches per step and the share of the step the GPU was busy; on the CPU the ops by self time and
+the leaf aten ops per step. ``--time_limit`` (or SIGTERM) stops starting new work and still writes the JSON;
+``--compile_mode`` picks torch.compile's mode (``reduce-overhead``: CUDA graphs); ``--markdown`` saves the tables.
+
 ``--mode memory`` counts the exact tensor memory of one training step (parameters, AdamW state, gradients,
 activations) on fake tensors: no arithmetic runs, so any model and batch size takes seconds on any machine.
 
@@ -44,6 +49,7 @@ import logging
 import math
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -275,7 +281,8 @@ class Case:
         self.train_cpu: List[float] = []  # images per process CPU-second (all threads): less load-sensitive
         self.infer_cpu: List[float] = []
         self.mem: Dict[str, Any] = {}
-        self.profile: List[Dict[str, Any]] = []
+        self.profile: Dict[str, Any] = {}
+        self.compile_mode = getattr(args, 'compile_mode', 'default') if compile_ else None
         torch.manual_seed(args.seed)
         model = build_model(name, args.input_size, gf_impl or 'fft', original).to(device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -291,13 +298,17 @@ class Case:
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=fused or None)
         use_scaler = dtype == 'fp16' and device.type == 'cuda'
         self.scaler = torch.amp.GradScaler('cuda') if use_scaler else None
-        self.fwd: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if compile_ else model
+        self.fwd: Callable[[torch.Tensor], torch.Tensor] = model
+        if compile_:
+            mode = None if self.compile_mode == 'default' else self.compile_mode
+            backend = getattr(args, 'compile_backend', 'inductor')
+            self.fwd = torch.compile(model, mode=mode) if backend == 'inductor' else torch.compile(model, backend=backend)
 
     @property
     def label(self) -> str:
         parts = [self.name, self.dtype, 'cl' if self.channels_last else 'nchw']
         if self.compile:
-            parts.append('compile')
+            parts.append('compile' if self.compile_mode in (None, 'default') else f'compile:{self.compile_mode}')
         if self.grad_ckpt != 'off':
             parts.append('ckpt' if self.grad_ckpt == 'on' else 'sel-ckpt')
         if self.gf_impl:
@@ -306,7 +317,7 @@ class Case:
 
     def key(self) -> Dict[str, Any]:
         return dict(model=self.name, dtype=self.dtype, channels_last=self.channels_last, compile=self.compile,
-                    gf_impl=self.gf_impl, grad_checkpointing=self.grad_ckpt)
+                    compile_mode=self.compile_mode, gf_impl=self.gf_impl, grad_checkpointing=self.grad_ckpt)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == 'fp32':
@@ -352,8 +363,10 @@ class Case:
             n += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
         return n
 
-    def measure_memory(self) -> None:
+    def measure_memory(self, whats: Sequence[str] = ('train', 'infer')) -> None:
         for what, step in (('train', self.train_step), ('infer', self.infer_step)):
+            if what not in whats:
+                continue
             self.opt.zero_grad(set_to_none=True)
             if self.device.type == 'cuda':
                 with cuda_peak(self.device) as out:
@@ -369,19 +382,154 @@ class Case:
                                   state_mb=state / 2 ** 20, method=method)
 
     def run_profile(self, top: int) -> None:
-        """Top ops by self CPU (or CUDA) time over one training step."""
-        from torch.profiler import ProfilerActivity, profile
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == 'cuda' else [])
-        with profile(activities=acts) as prof:
-            self.train_step()
-            self._sync()
-        cuda = self.device.type == 'cuda'
-        events = prof.key_averages()
-        attr = 'self_device_time_total' if cuda else 'self_cpu_time_total'
-        total = sum(getattr(e, attr) for e in events) or 1
-        for e in sorted(events, key=lambda e: getattr(e, attr), reverse=True)[:top]:
-            self.profile.append(dict(op=e.key, self_ms=getattr(e, attr) / 1e3, pct=100.0 * getattr(e, attr) / total,
-                                     calls=e.count))
+        """One training step under ``torch.profiler``: what :func:`profile_step` returns, kept in ``self.profile``.
+
+        A profiler failure is reported in the profile (``error``) and does not fail the timed case."""
+        try:
+            self.profile = profile_step(self.train_step, self.device, top, sync=self._sync)
+        except Exception as e:  # noqa: BLE001 - the timings stand without the profile
+            self.profile = dict(device=self.device.type, error=_err(e))
+
+
+def _ev_time(e: Any, attr: str) -> float:
+    """A profiler time attribute in microseconds (``*_device_*`` names; older torch: ``*_cuda_*``)."""
+    v = getattr(e, attr, None)
+    if v is None:
+        v = getattr(e, attr.replace('device', 'cuda'), 0.0)
+    return float(v or 0.0)
+
+
+# aten ops that launch no kernel: allocations, metadata, host-side queries (views are found from their schemas)
+_NO_KERNEL_ATEN = frozenset({
+    'empty', 'empty_strided', 'empty_like', 'new_empty', 'new_empty_strided', 'detach', 'detach_', 'lift_fresh',
+    'alias', 'set_', 'resize_', 'resize_as_', '_local_scalar_dense', 'item', 'result_type', 'promote_types',
+    '_unsafe_view', 'is_same_size', 'is_nonzero', 'size', 'stride', 'to', 'contiguous', 'reshape', 'flatten',
+    'record_stream', '_has_compatible_shallow_copy_type', 'lift_fresh_copy', 'is_pinned', 'dim', 'numel',
+})
+
+
+def _launches_kernel(event_name: str) -> bool:
+    """False for an ``aten::`` op that only allocates, aliases (views) or reads metadata."""
+    name = event_name.split('::', 1)[-1]
+    if name in _NO_KERNEL_ATEN:
+        return False
+    packet = getattr(torch.ops.aten, name, None)
+    if packet is None:
+        return True
+    try:
+        overloads = [getattr(packet, o) for o in packet.overloads()]
+    except Exception:  # noqa: BLE001 - an op torch cannot describe is counted
+        return True
+    if not overloads:
+        return True
+    for op in overloads:
+        rets = op._schema.returns
+        is_view = bool(rets) and all(r.alias_info is not None and not r.alias_info.is_write for r in rets)
+        if not (is_view or torch.Tag.inplace_view in op.tags):
+            return True
+    return False
+
+
+def profile_step(step: Callable[[], None], device: torch.device, top: int,
+                 sync: Optional[Callable[[], None]] = None) -> Dict[str, Any]:
+    """Per-kernel (CUDA) or per-op (CPU) time of one call of ``step`` under ``torch.profiler``.
+
+    CUDA: ``kernels`` are the device kernels by self CUDA time (name, count, total, share of all kernel time),
+    ``launches`` the number of kernel executions in the step, ``kernel_ms`` their summed time and ``busy`` that
+    time over the step's wall time (the rest: launch gaps, host syncs, allocator work). CPU: ``ops`` by self CPU
+    time; ``launches`` counts leaf aten ops (ops that call no other aten op; views and allocations excluded),
+    the CPU analogue of kernel launches.
+    ``ops`` (both devices) are aten ops by self CPU time, with their CUDA time on a GPU."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == 'cuda'
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    if sync is not None:
+        sync()
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        step()
+        if sync is not None:
+            sync()
+    wall_ms = (time.perf_counter() - t0) * 1e3
+    return summarize_profile(prof.events(), cuda, wall_ms, top)
+
+
+def summarize_profile(events: Sequence[Any], cuda: bool, wall_ms: float, top: int) -> Dict[str, Any]:
+    """The tables of :func:`profile_step` from a profiler's ``events()`` (``FunctionEvent`` objects)."""
+    from torch.autograd import DeviceType
+    out: Dict[str, Any] = dict(device='cuda' if cuda else 'cpu', wall_ms=wall_ms, top=top)
+    cpu_ops = [e for e in events if getattr(e, 'device_type', DeviceType.CPU) == DeviceType.CPU]
+    aten = [e for e in cpu_ops if e.name.startswith('aten::')]
+    leaf = [e for e in aten if not any(c.name.startswith('aten::') for c in e.cpu_children)]
+    kernel_cache: Dict[str, bool] = {}
+    leaf = [e for e in leaf if kernel_cache.setdefault(e.name, _launches_kernel(e.name))]
+    out['aten_ops'] = len(aten)
+    out['leaf_aten_ops'] = len(leaf)
+    # ops by self CPU time (with their CUDA time on a GPU)
+    by_op: Dict[str, Dict[str, float]] = {}
+    for e in cpu_ops:
+        d = by_op.setdefault(e.name, dict(calls=0, self_cpu_us=0.0, device_us=0.0))
+        d['calls'] += 1
+        d['self_cpu_us'] += _ev_time(e, 'self_cpu_time_total')
+        if cuda:
+            d['device_us'] += _ev_time(e, 'self_device_time_total')
+    total_cpu = sum(d['self_cpu_us'] for d in by_op.values()) or 1.0
+    ops = sorted(by_op.items(), key=lambda kv: -kv[1]['self_cpu_us'])[:top]
+    out['ops'] = [dict(op=k, calls=int(d['calls']), self_cpu_ms=d['self_cpu_us'] / 1e3,
+                       share=d['self_cpu_us'] / total_cpu, **({'self_cuda_ms': d['device_us'] / 1e3} if cuda else {}))
+                  for k, d in ops]
+    out['self_cpu_ms'] = total_cpu / 1e3
+    if cuda:
+        kern = [e for e in events if getattr(e, 'device_type', None) == DeviceType.CUDA]
+        is_copy = lambda n: n.lower().startswith(('memcpy', 'memset'))  # noqa: E731
+        by_k: Dict[str, Dict[str, float]] = {}
+        for e in kern:
+            d = by_k.setdefault(e.name, dict(calls=0, us=0.0))
+            d['calls'] += 1
+            us = _ev_time(e, 'self_device_time_total') or _ev_time(e, 'device_time_total')
+            if not us and getattr(e, 'time_range', None) is not None:
+                us = float(e.time_range.elapsed_us())
+            d['us'] += us
+        total_k = sum(d['us'] for d in by_k.values()) or 1.0
+        out['launches'] = sum(int(d['calls']) for k, d in by_k.items() if not is_copy(k))
+        out['memcpy_memset'] = sum(int(d['calls']) for k, d in by_k.items() if is_copy(k))
+        out['kernel_ms'] = total_k / 1e3
+        out['busy'] = out['kernel_ms'] / wall_ms if wall_ms else None
+        out['kernels'] = [dict(kernel=k, calls=int(d['calls']), ms=d['us'] / 1e3, share=d['us'] / total_k,
+                               avg_us=d['us'] / max(d['calls'], 1))
+                          for k, d in sorted(by_k.items(), key=lambda kv: -kv[1]['us'])[:top]]
+        out['launch_count_method'] = 'CUDA kernel events in one step (torch.profiler/CUPTI); memcpy/memset apart'
+        out['host_launch_calls'] = sum(1 for e in cpu_ops if e.name.startswith(('cudaLaunchKernel', 'cuLaunchKernel')))
+    else:
+        out['launches'] = len(leaf)
+        out['launch_count_method'] = ('leaf aten ops in one step (ops that call no other aten op), views and '
+                                      'allocations excluded')
+    return out
+
+
+def format_profile(label: str, p: Dict[str, Any], top: Optional[int] = None) -> str:
+    """Markdown: the step's launch count, then the top kernels (GPU) and the top ops by self CPU time."""
+    top = top or p.get('top') or 20
+    if p.get('error'):
+        return f"**Profile of one training step, {label}**: failed ({p['error']})"
+    lines = [f"**Profile of one training step, {label}** ({p['device']}): wall {p['wall_ms']:.1f} ms under the "
+             f"profiler, {p['launches']} launches ({p['launch_count_method']})"
+             + (f", kernel time {p['kernel_ms']:.1f} ms = {100 * p['busy']:.0f}% of the wall time"
+                if p.get('kernel_ms') is not None and p.get('busy') is not None else '') + '.', '']
+    if p.get('kernels'):
+        lines += ['| kernel | calls | CUDA ms | share | avg us |', '|---|--:|--:|--:|--:|']
+        for k in p['kernels'][:top]:
+            name = k['kernel'] if len(k['kernel']) <= 90 else k['kernel'][:87] + '...'
+            lines.append(f"| `{name.replace('|', '/')}` | {k['calls']} | {k['ms']:.2f} | {100 * k['share']:.1f}% "
+                         f"| {k['avg_us']:.1f} |")
+        lines.append('')
+    cuda = p['device'] == 'cuda'
+    lines += ['| op | calls | self CPU ms | share of CPU time |' + (' self CUDA ms |' if cuda else ''),
+              '|---|--:|--:|--:|' + ('--:|' if cuda else '')]
+    for o in p['ops'][:top]:
+        lines.append(f"| `{o['op']}` | {o['calls']} | {o['self_cpu_ms']:.2f} | {100 * o['share']:.1f}% |"
+                     + (f" {o.get('self_cuda_ms', 0.0):.2f} |" if cuda else ''))
+    return '\n'.join(lines)
 
 
 def build_cases(args: argparse.Namespace, device: torch.device, original: Any) -> List[Case]:
@@ -442,14 +590,31 @@ def run_models(args: argparse.Namespace) -> Dict[str, Any]:
                 torch.cuda.empty_cache()
             return None
 
+    deadline = time.perf_counter() + args.time_limit if args.time_limit else None
+    stopped: List[str] = []
+
+    def out_of_time(what: str) -> bool:
+        """--time_limit passed or SIGTERM received (e.g. from `timeout`): skip the rest, keep what is measured."""
+        late = _TERM.get('signum') is not None or (deadline is not None and time.perf_counter() > deadline)
+        if late and not stopped:
+            stopped.append(what)
+            _logger.warning('time limit reached (%s): skipping the rest, writing what was measured', what)
+        return late
+
+    steps = [(w, s) for w, s in (('train', 'train_step'), ('infer', 'infer_step')) if w in args.what]
     for c in cases:
+        if out_of_time(f'before warming up {c.label}'):
+            c.error = c.error or 'not run: --time_limit reached (or SIGTERM) before this case'
+            continue
         t0 = time.perf_counter()
         for _ in range(args.warmup):
-            guarded(c, c.train_step)
-            guarded(c, c.infer_step)
-        guarded(c, c.measure_memory)
+            for _what, step_name in steps:  # only the timed steps: a compiled model compiles what it runs
+                guarded(c, getattr(c, step_name))
+        guarded(c, lambda: c.measure_memory(args.what))
         _logger.info('warmed up %s in %.1fs', c.label, time.perf_counter() - t0)
     for r in range(args.repeats):
+        if out_of_time(f'after {r} of {args.repeats} repeats'):
+            break
         order = cases if r % 2 == 0 else cases[::-1]
         for c in order:
             for what, step in (('train', c.train_step), ('infer', c.infer_step)):
@@ -462,7 +627,8 @@ def run_models(args: argparse.Namespace) -> Dict[str, Any]:
             f"{c.label}: {c.train_s[-1] if c.train_s else float('nan'):.2f}" for c in cases))
     if args.profile:
         for c in cases:
-            guarded(c, lambda: c.run_profile(args.profile))
+            if 'train' in args.what and not out_of_time(f'before profiling {c.label}'):
+                guarded(c, lambda: c.run_profile(args.profile))
 
     baseline = pick_baseline(cases, args.baseline)
     results = []
@@ -480,10 +646,20 @@ def run_models(args: argparse.Namespace) -> Dict[str, Any]:
                     paired = [a / b for a, b in zip(mine, base) if b]
                     row[f'{what}_{key}'] = dict(summarize(paired), raw=paired)
         if c.profile:
-            row['profile_top_ops'] = c.profile
+            row['profile'] = c.profile
         results.append(row)
-    return dict(meta=dict(environment(device), loadavg_at_start=load_start), settings=settings_dict(args),
-                results=results)
+    meta = dict(environment(device), loadavg_at_start=load_start)
+    if stopped:
+        meta['stopped_early'] = stopped[0]
+    return dict(meta=meta, settings=settings_dict(args), results=results)
+
+
+_TERM: Dict[str, Any] = {}
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:  # noqa: ARG001
+    """SIGTERM (``timeout``, a scheduler) ends the run at the next case or repeat boundary with a JSON."""
+    _TERM['signum'] = signum
 
 
 def pick_baseline(cases: Sequence[Case], wanted: Optional[str]) -> Optional[Case]:
@@ -792,7 +968,7 @@ def environment(device: torch.device) -> Dict[str, Any]:
 
 
 def settings_dict(args: argparse.Namespace) -> Dict[str, Any]:
-    return {k: v for k, v in vars(args).items() if k != 'json'}
+    return {k: v for k, v in vars(args).items() if k not in ('json', 'markdown')}
 
 
 # ---------------------------------------------------------------------------------------------- output
@@ -802,6 +978,13 @@ def _fmt(s: Dict[str, Any], digits: int = 2) -> str:
     return f"{s['median']:.{digits}f} [{s['min']:.{digits}f}-{s['max']:.{digits}f}]"
 
 
+def _compile_cell(r: Dict[str, Any]) -> str:
+    if not r['compile']:
+        return 'off'
+    mode = r.get('compile_mode')
+    return 'on' if mode in (None, 'default') else mode
+
+
 def format_model_table(res: Dict[str, Any]) -> str:
     head = ['model', 'dtype', 'layout', 'compile', 'gf_impl', 'ckpt', 'train img/s med [min-max]',
             'infer img/s med [min-max]', 'train ratio', 'infer ratio', 'train ratio (CPU time)', 'train peak MB',
@@ -809,12 +992,12 @@ def format_model_table(res: Dict[str, Any]) -> str:
     lines = ['| ' + ' | '.join(head) + ' |', '|' + '|'.join(['---'] * 6 + ['--:'] * 7) + '|']
     for r in res['results']:
         if r['error']:
-            cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
+            cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', _compile_cell(r),
                      r['gf_impl'] or '-', r.get('grad_checkpointing') or 'off',
                      f"error: {r['error'][:80]}"] + [''] * 6
         else:
             mem = r['memory']
-            cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', 'on' if r['compile'] else 'off',
+            cells = [r['model'], r['dtype'], 'cl' if r['channels_last'] else 'nchw', _compile_cell(r),
                      r['gf_impl'] or '-', r.get('grad_checkpointing') or 'off',
                      _fmt(r['train_img_s']), _fmt(r['infer_img_s']),
                      _fmt(r.get('train_ratio_vs_baseline', {}), 3), _fmt(r.get('infer_ratio_vs_baseline', {}), 3),
@@ -827,10 +1010,8 @@ def format_model_table(res: Dict[str, Any]) -> str:
         lines.append(f"\nratio = median [min-max] over repeats of (case img/s / baseline img/s in the same repeat); "
                      f"CPU-time ratio: the same with images per process CPU-second; baseline: {base}")
     for r in res['results']:
-        if r.get('profile_top_ops'):
-            lines.append(f"\ntop ops, one training step, {r['label']}:")
-            lines.extend(f"  {p['pct']:5.1f}%  {p['self_ms']:9.1f} ms  {p['calls']:5d}x  {p['op']}"
-                         for p in r['profile_top_ops'])
+        if r.get('profile'):
+            lines.append('\n' + format_profile(r['label'], r['profile']))
     return '\n'.join(lines)
 
 
@@ -898,14 +1079,26 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="torch's fused AdamW kernel for every model (off: the per-tensor loop)")
     p.add_argument('--repeats', type=_non_negative, default=5,
                    help='timed rounds (every case once per round); 0 measures peak memory only')
-    p.add_argument('--warmup', type=_non_negative, default=2, help='untimed train+infer steps per case first')
+    p.add_argument('--warmup', type=_non_negative, default=2,
+                   help='untimed steps (each of --what) per case first; a compiled case compiles here')
     p.add_argument('--iters', type=_positive, default=1, help='steps per timed repeat')
     p.add_argument('--what', nargs='+', choices=('train', 'infer'), default=['train', 'infer'])
+    p.add_argument('--compile_mode', default='default',
+                   choices=('default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs'),
+                   help='torch.compile mode of the --compile on cases (reduce-overhead: CUDA graphs)')
+    p.add_argument('--compile_backend', default='inductor', choices=('inductor', 'aot_eager', 'eager'),
+                   help='torch.compile backend (aot_eager/eager: quick smoke tests of the compile path)')
     p.add_argument('--profile', type=_non_negative, default=0, metavar='TOP',
-                   help='after timing, profile one training step per case and list the TOP ops by self time')
+                   help='after timing, profile one training step per case (torch.profiler): the TOP kernels by CUDA '
+                        'time (GPU) and ops by self CPU time, and the kernel launches per step (GPU: CUDA kernel '
+                        'events; CPU: leaf aten ops); in the JSON under "profile" and in the markdown')
     p.add_argument('--threads', type=_positive, default=None, help='torch intra-op threads (default: torch\'s)')
+    p.add_argument('--time_limit', type=float, default=0.0,
+                   help='seconds: past this (or on SIGTERM) no further case is warmed up, repeat started or profile '
+                        'taken; the JSON gets what was measured (0: no limit)')
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--json', default=None, help='write settings, environment and per-repeat raw numbers here')
+    p.add_argument('--markdown', default=None, help='also write the printed table(s) to this file')
     g = p.add_argument_group('--mode data')
     g.add_argument('--data_path', default=None, help='ImageFolder root (default: generate random JPEGs)')
     g.add_argument('--workers', nargs='+', type=_non_negative, default=[0, 1, 2])
@@ -926,16 +1119,22 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='[benchmark] %(message)s')
     args = parse_args(argv)
+    previous_term = signal.signal(signal.SIGTERM, _on_sigterm) if args.mode == 'model' else None
     try:
-        if args.json:
-            d = os.path.dirname(os.path.abspath(args.json))
-            if not os.path.isdir(d):
-                raise UserError(f"--json {args.json}: directory {d} does not exist")
+        for opt in ('json', 'markdown'):
+            path = getattr(args, opt)
+            d = os.path.dirname(os.path.abspath(path)) if path else None
+            if d and not os.path.isdir(d):
+                raise UserError(f"--{opt} {path}: directory {d} does not exist")
         res = {'data': run_data, 'memory': run_memory, 'model': run_models}[args.mode](args)
         print(f"\n{res['meta']['device_name']} | torch {res['meta']['torch']} | CUDA {res['meta']['cuda']} | "
               f"batch {args.batch_size if args.mode != 'data' else args.data_batch_size} | "
               f"input {args.input_size if args.mode != 'data' else args.data_input_size}")
-        print({'data': format_data_table, 'memory': format_memory_table, 'model': format_model_table}[args.mode](res))
+        table = {'data': format_data_table, 'memory': format_memory_table, 'model': format_model_table}[args.mode](res)
+        print(table)
+        if args.markdown:
+            with open(args.markdown, 'w') as f:
+                f.write(table + '\n')
         if args.json:
             with open(args.json, 'w') as f:
                 json.dump(res, f, indent=2)
@@ -951,6 +1150,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print('error: interrupted', file=sys.stderr)
         return 130
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
     return 0
 
 

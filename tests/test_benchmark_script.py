@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark.py')
 
@@ -102,3 +104,49 @@ def test_memory_mode_accounts_every_byte_of_a_fake_training_step(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     act8 = json.loads(out.read_text())['results'][0]['gib']['act']
     assert 1.9 < act8 / gib['off']['act'] < 2.1  # activations scale with the batch
+
+
+def test_profile_gives_top_ops_and_launches_per_step_in_json_and_markdown(tmp_path):
+    out, md = tmp_path / 'p.json', tmp_path / 'p.md'
+    proc = _run('--models', 'hornet_micro_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '32',
+                '--dtype', 'bf16', '--channels_last', 'on', '--repeats', '0', '--warmup', '1', '--what', 'train',
+                '--profile', '6', '--json', str(out), '--markdown', str(md))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = json.loads(out.read_text())['results']
+    p = row['profile']
+    assert p['device'] == 'cpu' and 'error' not in p
+    # launches: leaf aten ops that do work (views/allocations excluded), fewer than all aten ops recorded
+    assert 100 < p['launches'] < p['aten_ops'] and 'leaf aten ops' in p['launch_count_method']
+    assert len(p['ops']) == 6 and p['wall_ms'] > 0
+    assert all(0 < o['share'] <= 1 and o['calls'] >= 1 and o['self_cpu_ms'] >= 0 for o in p['ops'])
+    assert [o['self_cpu_ms'] for o in p['ops']] == sorted((o['self_cpu_ms'] for o in p['ops']), reverse=True)
+    text = md.read_text()
+    assert '**Profile of one training step, hornet_micro_7x7 bf16 cl**' in text
+    assert '| op | calls | self CPU ms | share of CPU time |' in text and text == proc.stdout[proc.stdout.index('| model'):]
+
+
+def test_gpu_profile_tables_from_profiler_events():
+    """The CUDA branch on CPU: real FunctionEvent objects as torch.profiler builds them for kernels."""
+    import sys
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import benchmark
+
+    def ev(i, name, start, end, dev=DeviceType.CPU):
+        return FunctionEvent(id=i, name=name, thread=0, start_us=start, end_us=end, use_device='cuda',
+                             device_type=dev)
+
+    mm, add, view = ev(1, 'aten::mm', 0, 10), ev(2, 'aten::add', 10, 15), ev(3, 'aten::view', 15, 16)
+    k1, k2, k3 = (ev(4, 'sm90_xmma_gemm_bf16', 2, 62, DeviceType.CUDA), ev(5, 'elementwise_kernel', 62, 82, DeviceType.CUDA),
+                  ev(6, 'elementwise_kernel', 90, 110, DeviceType.CUDA))
+    cp = ev(7, 'Memcpy HtoD (Pageable -> Device)', 120, 121, DeviceType.CUDA)
+    p = benchmark.summarize_profile([mm, add, view, k1, k2, k3, cp], cuda=True, wall_ms=0.2, top=5)
+    assert p['launches'] == 3 and p['memcpy_memset'] == 1 and p['aten_ops'] == 3
+    assert [k['kernel'] for k in p['kernels'][:2]] == ['sm90_xmma_gemm_bf16', 'elementwise_kernel']
+    gemm, elt = p['kernels'][:2]
+    assert gemm['ms'] == pytest.approx(0.060) and elt['calls'] == 2 and elt['ms'] == pytest.approx(0.040)
+    assert p['kernel_ms'] == pytest.approx(0.101) and p['busy'] == pytest.approx(0.101 / 0.2)
+    md = benchmark.format_profile('x', p)
+    assert '| kernel | calls | CUDA ms | share | avg us |' in md and '`sm90_xmma_gemm_bf16`' in md
+    assert '3 launches' in md and 'self CUDA ms' in md
