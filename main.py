@@ -6,7 +6,16 @@ CPU runs, YAML configs and clear errors.
     python main.py --config configs/quickstart.yaml          # built-in data, trains on a laptop CPU
 
 Configuration flows one way: :func:`parse_args` reads CLI + YAML once and validates it; :func:`main` turns the
-validated flags into typed objects and passes them down.
+validated flags into typed objects and passes them down, phase by phase:
+
+    run = setup_run(args)                  # process group, logging, seeds, precision      -> Run
+    data = build_data(run)                 # validation and training sets                  -> Data
+    net = build_model(run, ...)            # model, --finetune weights, EMA, DDP           -> Net
+    evaluate_checkpoint(...)               # --eval: evaluate and stop
+    train = build_train_data(run, data)    # resumable sampler, loader, steps per epoch    -> TrainData
+    optim = build_optim(run, net, train)   # loss, optimizer, loss scaler, schedules       -> Optim
+    state = maybe_resume(...)              # --resume / auto-resume                        -> engine.TrainState
+    train_loop(...)                        # epochs: train, evaluate, save, log
 """
 from __future__ import annotations
 
@@ -17,9 +26,29 @@ import json
 import logging
 import math
 import os
+import random
 import sys
 import time
-from typing import Any, Dict, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Optional, Sequence
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, Dataset
+
+import checkpoints
+import datasets
+import engine
+import models  # noqa: F401  (registers the HorNet variants with timm)
+import utils
+from errors import UserError
+from models.weights import checkpoint_filter_fn
+from optim_factory import cosine_schedule, create_optimizer
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -337,30 +366,64 @@ def _finetune_state_dict(args: argparse.Namespace) -> Dict[str, Any]:
     return sd
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run training or evaluation as described by validated ``args``. Returns an exit status."""
-    import torch
-    import timm
-    from timm.data import Mixup
-    from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.utils import ModelEmaV3
+# --------------------------------------------------------------------------------------------------- phases
+# main() is the run in named phases; each phase takes typed inputs and returns a typed result:
+#   setup_run -> build_data -> build_model -> (evaluate_checkpoint | build_train_data -> build_optim ->
+#   maybe_resume -> train_loop)
 
-    import checkpoints
-    import datasets
-    import engine
-    import models
-    import utils
-    from errors import UserError
-    from models.weights import checkpoint_filter_fn
-    from optim_factory import cosine_schedule, create_optimizer
 
+@dataclass
+class Run:
+    """This process's view of the run: the validated flags, who this process is, and the precision."""
+    args: argparse.Namespace
+    ds: utils.DistState
+    amp_dtype: Optional[torch.dtype]  # autocast dtype under --use_amp; None: fp32
+
+
+@dataclass
+class Data:
+    """The data sets and the class count the model is built for."""
+    train: Optional[Dataset]  # None under --eval
+    val: Optional[Dataset]    # None under --disable_eval (unless --eval)
+    nb_classes: int
+
+
+@dataclass
+class Net:
+    """The model in its three roles, and its EMA."""
+    model: nn.Module          # what evaluation runs (DDP-wrapped when distributed)
+    without_ddp: nn.Module    # the module whose weights are saved and loaded
+    train_model: nn.Module    # what training runs (``model``, compiled under --compile)
+    ema: Optional[ModelEmaV3]
+    n_parameters: int
+
+
+@dataclass
+class TrainData:
+    """The training stream: exact, resumable sampling cut to whole optimizer steps per epoch."""
+    sampler: datasets.ResumableSampler
+    loader: DataLoader
+    steps_per_epoch: int      # optimizer steps per epoch
+    mixup_fn: Optional[Mixup]
+
+
+@dataclass
+class Optim:
+    """What one optimizer step needs besides the model: the loss, the optimizer, loss scaling and schedules."""
+    criterion: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    lr_fn: Callable[[int], float]
+    wd_fn: Callable[[int], float]
+
+
+def setup_run(args: argparse.Namespace) -> Run:
+    """Start the process group, logging and the seeds; pick the device settings and the precision."""
     ds = utils.init_distributed(args.device, args.dist_url, args.world_size, args.dist_on_itp)
     utils.setup_logging(args.output_dir or None)
     if args.local_rank not in (-1, ds.local_rank):
         _logger.info('--local_rank %d ignored in favour of LOCAL_RANK=%d', args.local_rank, ds.local_rank)
     torch.manual_seed(args.seed + ds.rank)
-    import random
-    import numpy as np
     random.seed(args.seed + ds.rank)
     np.random.seed(args.seed + ds.rank)
     if ds.device.type == 'cuda':
@@ -368,8 +431,12 @@ def main(args: argparse.Namespace) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     amp_dtype = {'float16': torch.float16, 'bfloat16': torch.bfloat16}[args.amp_dtype] if args.use_amp else None
+    return Run(args=args, ds=ds, amp_dtype=amp_dtype)
 
-    # ---- data
+
+def build_data(run: Run) -> Data:
+    """The validation set (unless --disable_eval) and the training set (unless --eval)."""
+    args, ds = run.args, run.ds
     if args.data_set == 'QUICKSTART' and ds.is_main:
         datasets.build_dataset(False, args)  # rank 0 writes the generated images once
     utils.barrier()
@@ -381,8 +448,12 @@ def main(args: argparse.Namespace) -> int:
     if not args.eval:
         dataset_train, nb_classes = datasets.build_dataset(True, args)
     assert nb_classes is not None
+    return Data(train=dataset_train, val=dataset_val, nb_classes=nb_classes)
 
-    # ---- model
+
+def build_model(run: Run, nb_classes: int) -> Net:
+    """Create the model (with --finetune weights), move and lay it out, count it, add the EMA, wrap it in DDP."""
+    args, ds = run.args, run.ds
     hornet_kwargs = dict(layer_scale_init_value=args.layer_scale_init_value, head_init_scale=args.head_init_scale,
                          gf_impl=args.gf_impl) if args.model.startswith('hornet_') else {}
     model = timm.create_model(args.model, num_classes=nb_classes, drop_path_rate=args.drop_path, **hornet_kwargs)
@@ -416,49 +487,66 @@ def main(args: argparse.Namespace) -> int:
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[ds.device.index] if ds.device.type == 'cuda' else None, gradient_as_bucket_view=True)
     train_model = torch.compile(model) if args.compile else model
+    return Net(model=model, without_ddp=model_without_ddp, train_model=train_model, ema=model_ema,
+               n_parameters=n_parameters)
 
-    # ---- eval loader (exact: no padding, every sample once)
-    def eval_loader():
+
+class Evaluator:
+    """Exact evaluation of the validation set: no padding, every sample counted once (a fresh loader per call)."""
+
+    def __init__(self, run: Run, dataset: Optional[Dataset]):
+        self.run = run
+        self.dataset = dataset
+
+    def loader(self) -> DataLoader:
+        args, ds = self.run.args, self.run.ds
+        assert self.dataset is not None
         if not args.dist_eval and ds.distributed:
-            sampler = datasets.EvalShardSampler(len(dataset_val), 1, 0) if ds.is_main else \
+            sampler = datasets.EvalShardSampler(len(self.dataset), 1, 0) if ds.is_main else \
                 datasets.EvalShardSampler(0, 1, 0)
         else:
-            sampler = datasets.EvalShardSampler(len(dataset_val), ds.world_size, ds.rank)
-        loader = datasets.build_loader(dataset_val, sampler, int(1.5 * args.batch_size), args.num_workers,
-                                       args.pin_mem, drop_last=False, persistent_workers=False)
-        return loader, len(loader)
+            sampler = datasets.EvalShardSampler(len(self.dataset), ds.world_size, ds.rank)
+        return datasets.build_loader(self.dataset, sampler, int(1.5 * args.batch_size), args.num_workers,
+                                     args.pin_mem, drop_last=False, persistent_workers=False)
 
-    def run_eval(net, header='Test:'):
-        loader, n = eval_loader()
-        return engine.evaluate(net, loader, n, amp_dtype=amp_dtype, channels_last=args.channels_last,
-                               print_freq=args.print_freq, header=header)
+    def __call__(self, net: nn.Module, header: str = 'Test:') -> Dict[str, float]:
+        loader = self.loader()
+        return engine.evaluate(net, loader, len(loader), amp_dtype=self.run.amp_dtype,
+                               channels_last=self.run.args.channels_last, print_freq=self.run.args.print_freq,
+                               header=header)
 
-    if args.eval:
-        ckpt = checkpoints.load_training_checkpoint(args.resume) if args.resume else None
-        if ckpt is not None:
-            sd = checkpoint_filter_fn(ckpt['model'], model_without_ddp, path=args.resume, allow_new_head=False)
-            model_without_ddp.load_state_dict(sd, strict=True)
-        stats = run_eval(model)
-        result = {'checkpoint': args.resume or args.finetune, 'model': args.model, 'input_size': args.input_size,
-                  **stats}
-        if ckpt is not None and args.model_ema_eval and ckpt.get('model_ema') is not None:
-            sd = checkpoint_filter_fn(ckpt['model_ema'], model_without_ddp, path=args.resume, allow_new_head=False)
-            model_without_ddp.load_state_dict(sd, strict=True)
-            ema_stats = run_eval(model, header='Test (EMA):')
-            result.update({f'{k}_ema': v for k, v in ema_stats.items()})
-        if ds.is_main:
-            result['sha256'] = _sha256(args.resume or args.finetune)
-            if args.output_dir:
-                os.makedirs(args.output_dir, exist_ok=True)
-                _write_json_atomic(os.path.join(args.output_dir, 'eval.json'), result)
-                _logger.info('Wrote %s', os.path.join(args.output_dir, 'eval.json'))
-        print('* Acc@1 {:.3f} Acc@5 {:.3f} loss {:.3f}'.format(stats['acc1'], stats['acc5'], stats['loss']))
-        return EXIT_OK
 
-    # ---- training loader
-    assert dataset_train is not None
-    sampler = datasets.ResumableSampler(len(dataset_train), ds.world_size, ds.rank, shuffle=True, seed=args.seed)
-    loader = datasets.build_loader(dataset_train, sampler, args.batch_size, args.num_workers, args.pin_mem,
+def evaluate_checkpoint(run: Run, net: Net, evaluate: Evaluator) -> int:
+    """--eval: the weights of --resume (or --finetune), and with --model_ema_eval its EMA; writes eval.json."""
+    args, ds = run.args, run.ds
+    ckpt = checkpoints.load_training_checkpoint(args.resume) if args.resume else None
+    if ckpt is not None:
+        sd = checkpoint_filter_fn(ckpt['model'], net.without_ddp, path=args.resume, allow_new_head=False)
+        net.without_ddp.load_state_dict(sd, strict=True)
+    stats = evaluate(net.model)
+    result = {'checkpoint': args.resume or args.finetune, 'model': args.model, 'input_size': args.input_size,
+              **stats}
+    if ckpt is not None and args.model_ema_eval and ckpt.get('model_ema') is not None:
+        sd = checkpoint_filter_fn(ckpt['model_ema'], net.without_ddp, path=args.resume, allow_new_head=False)
+        net.without_ddp.load_state_dict(sd, strict=True)
+        ema_stats = evaluate(net.model, header='Test (EMA):')
+        result.update({f'{k}_ema': v for k, v in ema_stats.items()})
+    if ds.is_main:
+        result['sha256'] = _sha256(args.resume or args.finetune)
+        if args.output_dir:
+            os.makedirs(args.output_dir, exist_ok=True)
+            _write_json_atomic(os.path.join(args.output_dir, 'eval.json'), result)
+            _logger.info('Wrote %s', os.path.join(args.output_dir, 'eval.json'))
+    print('* Acc@1 {:.3f} Acc@5 {:.3f} loss {:.3f}'.format(stats['acc1'], stats['acc5'], stats['loss']))
+    return EXIT_OK
+
+
+def build_train_data(run: Run, data: Data) -> TrainData:
+    """The training loader (exact, resumable sampling), the optimizer steps per epoch, and mixup/cutmix."""
+    args, ds = run.args, run.ds
+    assert data.train is not None
+    sampler = datasets.ResumableSampler(len(data.train), ds.world_size, ds.rank, shuffle=True, seed=args.seed)
+    loader = datasets.build_loader(data.train, sampler, args.batch_size, args.num_workers, args.pin_mem,
                                    drop_last=True)
     batches_per_epoch = sampler.per_replica // args.batch_size
     steps_per_epoch = batches_per_epoch // args.update_freq
@@ -474,84 +562,107 @@ def main(args: argparse.Namespace) -> int:
     if args.mixup > 0 or args.cutmix > 0. or args.cutmix_minmax is not None:
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                         label_smoothing=args.smoothing, num_classes=nb_classes)
-    if mixup_fn is not None:
-        criterion = SoftTargetCrossEntropy()
+                         label_smoothing=args.smoothing, num_classes=data.nb_classes)
+    return TrainData(sampler=sampler, loader=loader, steps_per_epoch=steps_per_epoch, mixup_fn=mixup_fn)
+
+
+def build_optim(run: Run, net: Net, train: TrainData) -> Optim:
+    """The loss (soft targets under mixup), the optimizer, the fp16 loss scaler and the LR/WD schedules."""
+    args, ds = run.args, run.ds
+    if train.mixup_fn is not None:
+        criterion: nn.Module = SoftTargetCrossEntropy()
     elif args.smoothing > 0.:
         criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
     else:
         criterion = torch.nn.CrossEntropyLoss()
 
-    optimizer = create_optimizer(model_without_ddp, args.opt, args.lr, args.weight_decay, opt_eps=args.opt_eps,
+    optimizer = create_optimizer(net.without_ddp, args.opt, args.lr, args.weight_decay, opt_eps=args.opt_eps,
                                  opt_betas=args.opt_betas, momentum=args.momentum, layer_decay=args.layer_decay,
                                  fused=args.fused_adamw)
-    scaler = torch.amp.GradScaler(ds.device.type, enabled=amp_dtype == torch.float16)
-    lr_fn = cosine_schedule(args.lr, args.min_lr, args.epochs, steps_per_epoch, warmup_epochs=args.warmup_epochs,
-                            warmup_steps=args.warmup_steps)
+    scaler = torch.amp.GradScaler(ds.device.type, enabled=run.amp_dtype == torch.float16)
+    lr_fn = cosine_schedule(args.lr, args.min_lr, args.epochs, train.steps_per_epoch,
+                            warmup_epochs=args.warmup_epochs, warmup_steps=args.warmup_steps)
     wd_end = args.weight_decay if args.weight_decay_end is None else args.weight_decay_end
-    wd_fn = cosine_schedule(args.weight_decay, wd_end, args.epochs, steps_per_epoch)
+    wd_fn = cosine_schedule(args.weight_decay, wd_end, args.epochs, train.steps_per_epoch)
+    return Optim(criterion=criterion, optimizer=optimizer, scaler=scaler, lr_fn=lr_fn, wd_fn=wd_fn)
 
+
+def maybe_resume(run: Run, net: Net, optim: Optim, steps_per_epoch: int) -> engine.TrainState:
+    """The training state to start from: --resume, else the newest checkpoint in --output_dir (auto-resume),
+    else --start_epoch. Restores weights, optimizer, scaler, EMA, counters and the random streams."""
+    args, ds = run.args, run.ds
     state = engine.TrainState(epoch=args.start_epoch, global_step=args.start_epoch * steps_per_epoch)
-
-    # ---- resume
     resume_path = args.resume
     if not resume_path and args.auto_resume and args.output_dir:
         found = checkpoints.find_resume_checkpoint(args.output_dir)
         resume_path = str(found) if found else ''
-    if resume_path:
-        ck = checkpoints.load_training_checkpoint(resume_path)
-        sd = checkpoint_filter_fn(ck['model'], model_without_ddp, path=resume_path, allow_new_head=False)
-        model_without_ddp.load_state_dict(sd, strict=True)
-        _logger.info('Resumed weights from %s', resume_path)
-        if 'optimizer' in ck:
-            if ck.get('epoch') is None:
-                raise UserError(f"{resume_path} is a 'best' checkpoint of the original release and cannot be resumed "
-                                f"from; use --finetune {resume_path} to start from its weights")
-            optimizer.load_state_dict(ck['optimizer'])
-            if ck.get('scaler') and scaler.is_enabled():
-                scaler.load_state_dict(ck['scaler'])
-            if model_ema is not None and ck.get('model_ema') is not None:
-                model_ema.module.load_state_dict(
-                    checkpoint_filter_fn(ck['model_ema'], model_ema.module, path=resume_path, allow_new_head=False), strict=True)
-            if ck['epoch_complete']:
-                state.epoch, state.step_in_epoch = ck['epoch'] + 1, 0
-            else:
-                state.epoch, state.step_in_epoch = ck['epoch'], ck['step_in_epoch']
-            gs = ck.get('global_step')
-            state.global_step = gs if gs is not None else state.epoch * steps_per_epoch
-            state.ema_updates = ck.get('ema_updates') or 0
-            state.max_accuracy = ck.get('max_accuracy') or 0.0
-            state.max_accuracy_ema = ck.get('max_accuracy_ema') or 0.0
-            per_rank = ck.get('rng_per_rank')
-            if ck.get('args', {}).get('seed') != args.seed:
-                _logger.info('--seed differs from the checkpoint: random streams are not restored')
-            elif isinstance(per_rank, list) and len(per_rank) == ds.world_size:
-                checkpoints.set_rng_state(per_rank[ds.rank])
-            elif ck.get('rng') is not None and ds.world_size == 1:
-                checkpoints.set_rng_state(ck['rng'])
-            else:  # saved with another process count: reseed per rank from (seed, rank, step)
-                _logger.warning('Checkpoint RNG states do not match %d processes: reseeding from the global step; '
-                                'the run continues correctly but not bitwise as an uninterrupted one',
-                                ds.world_size)
-                torch.manual_seed(args.seed + ds.rank + 1000003 * state.global_step)
-                random.seed(args.seed + ds.rank + 1000003 * state.global_step)
-                np.random.seed((args.seed + ds.rank + 1000003 * state.global_step) % 2 ** 32)
-            _logger.info('Resuming at epoch %d, step %d of the epoch (global step %d)', state.epoch,
-                         state.step_in_epoch, state.global_step)
+    if not resume_path:
+        return state
+    ck = checkpoints.load_training_checkpoint(resume_path)
+    sd = checkpoint_filter_fn(ck['model'], net.without_ddp, path=resume_path, allow_new_head=False)
+    net.without_ddp.load_state_dict(sd, strict=True)
+    _logger.info('Resumed weights from %s', resume_path)
+    if 'optimizer' not in ck:
+        return state
+    if ck.get('epoch') is None:
+        raise UserError(f"{resume_path} is a 'best' checkpoint of the original release and cannot be resumed "
+                        f"from; use --finetune {resume_path} to start from its weights")
+    optim.optimizer.load_state_dict(ck['optimizer'])
+    if ck.get('scaler') and optim.scaler.is_enabled():
+        optim.scaler.load_state_dict(ck['scaler'])
+    if net.ema is not None and ck.get('model_ema') is not None:
+        net.ema.module.load_state_dict(
+            checkpoint_filter_fn(ck['model_ema'], net.ema.module, path=resume_path, allow_new_head=False),
+            strict=True)
+    if ck['epoch_complete']:
+        state.epoch, state.step_in_epoch = ck['epoch'] + 1, 0
+    else:
+        state.epoch, state.step_in_epoch = ck['epoch'], ck['step_in_epoch']
+    gs = ck.get('global_step')
+    state.global_step = gs if gs is not None else state.epoch * steps_per_epoch
+    state.ema_updates = ck.get('ema_updates') or 0
+    state.max_accuracy = ck.get('max_accuracy') or 0.0
+    state.max_accuracy_ema = ck.get('max_accuracy_ema') or 0.0
+    per_rank = ck.get('rng_per_rank')
+    if ck.get('args', {}).get('seed') != args.seed:
+        _logger.info('--seed differs from the checkpoint: random streams are not restored')
+    elif isinstance(per_rank, list) and len(per_rank) == ds.world_size:
+        checkpoints.set_rng_state(per_rank[ds.rank])
+    elif ck.get('rng') is not None and ds.world_size == 1:
+        checkpoints.set_rng_state(ck['rng'])
+    else:  # saved with another process count: reseed per rank from (seed, rank, step)
+        _logger.warning('Checkpoint RNG states do not match %d processes: reseeding from the global step; '
+                        'the run continues correctly but not bitwise as an uninterrupted one',
+                        ds.world_size)
+        torch.manual_seed(args.seed + ds.rank + 1000003 * state.global_step)
+        random.seed(args.seed + ds.rank + 1000003 * state.global_step)
+        np.random.seed((args.seed + ds.rank + 1000003 * state.global_step) % 2 ** 32)
+    _logger.info('Resuming at epoch %d, step %d of the epoch (global step %d)', state.epoch,
+                 state.step_in_epoch, state.global_step)
+    return state
 
-    def snapshot(epoch_complete: bool) -> Dict[str, Any]:
+
+class Checkpointer:
+    """Saves the training state of every rank into ``--output_dir`` (rank 0 writes; nothing without it)."""
+
+    def __init__(self, run: Run, net: Net, optim: Optim, state: engine.TrainState):
+        self.run, self.net, self.optim, self.state = run, net, optim, state
+
+    def snapshot(self, epoch_complete: bool) -> Dict[str, Any]:
+        net, optim, state = self.net, self.optim, self.state
         return {
-            'model': model_without_ddp.state_dict(), 'optimizer': optimizer.state_dict(),
-            'epoch': state.epoch, 'scaler': scaler.state_dict() if scaler.is_enabled() else None,
-            'model_ema': model_ema.module.state_dict() if model_ema is not None else None,
-            'args': vars(args), 'global_step': state.global_step,
+            'model': net.without_ddp.state_dict(), 'optimizer': optim.optimizer.state_dict(),
+            'epoch': state.epoch, 'scaler': optim.scaler.state_dict() if optim.scaler.is_enabled() else None,
+            'model_ema': net.ema.module.state_dict() if net.ema is not None else None,
+            'args': vars(self.run.args), 'global_step': state.global_step,
             'step_in_epoch': 0 if epoch_complete else state.step_in_epoch, 'epoch_complete': epoch_complete,
             'ema_updates': state.ema_updates, 'max_accuracy': state.max_accuracy,
             'max_accuracy_ema': state.max_accuracy_ema,
         }
 
-    def save(name, epoch_complete: bool) -> None:
+    def save(self, name: Any, epoch_complete: bool) -> None:
         """Called on every rank (the RNG states of all ranks are gathered); rank 0 writes."""
+        args, ds = self.run.args, self.run.ds
         if not (args.output_dir and args.save_ckpt):
             return
         rngs = [checkpoints.rng_state()]
@@ -560,7 +671,7 @@ def main(args: argparse.Namespace) -> int:
             torch.distributed.all_gather_object(rngs, checkpoints.rng_state())
         if not ds.is_main:
             return
-        snap = snapshot(epoch_complete)
+        snap = self.snapshot(epoch_complete)
         snap['rng'] = rngs[0]
         snap['rng_per_rank'] = rngs
         path = checkpoints.save_training_checkpoint(args.output_dir, name, snap)
@@ -570,83 +681,126 @@ def main(args: argparse.Namespace) -> int:
             save_file({k: v.contiguous() for k, v in snap['model'].items()}, tmp)
             os.replace(tmp, str(path.with_suffix('.safetensors')))
 
-    def save_preempt(_name: str) -> None:
-        save('preempt', epoch_complete=False)
+    def save_preempt(self, _name: str) -> None:
+        """engine's ``save_fn``: the exact mid-epoch state after a stop signal."""
+        self.save('preempt', epoch_complete=False)
         utils.barrier()
 
-    tb = None
-    if args.log_dir and ds.is_main:
-        from tensorboardX import SummaryWriter
-        os.makedirs(args.log_dir, exist_ok=True)
-        tb = SummaryWriter(logdir=args.log_dir)
-    wandb_run = None
-    if args.enable_wandb and ds.is_main:
-        import wandb
-        wandb_run = wandb.init(project=args.project, name=args.exp_name, config=vars(args))
 
-    def on_step(st: engine.TrainState) -> None:
-        if tb is not None:
-            tb.add_scalar('train/lr', optimizer.param_groups[0]['lr'] / optimizer.param_groups[0].get('lr_scale', 1),
-                          st.global_step)
+class RunLog:
+    """Where results go besides the console: TensorBoard, wandb and log.txt (rank 0 only)."""
 
-    step_cfg = engine.StepConfig(update_freq=args.update_freq, clip_grad=args.clip_grad, amp_dtype=amp_dtype,
+    def __init__(self, run: Run, optimizer: torch.optim.Optimizer):
+        args, ds = run.args, run.ds
+        self.run, self.optimizer = run, optimizer
+        self.tb = None
+        if args.log_dir and ds.is_main:
+            from tensorboardX import SummaryWriter
+            os.makedirs(args.log_dir, exist_ok=True)
+            self.tb = SummaryWriter(logdir=args.log_dir)
+        self.wandb_run = None
+        if args.enable_wandb and ds.is_main:
+            import wandb
+            self.wandb_run = wandb.init(project=args.project, name=args.exp_name, config=vars(args))
+
+    def on_step(self, st: engine.TrainState) -> None:
+        if self.tb is not None:
+            group = self.optimizer.param_groups[0]
+            self.tb.add_scalar('train/lr', group['lr'] / group.get('lr_scale', 1), st.global_step)
+
+    def test(self, epoch: int, test_stats: Dict[str, float]) -> None:
+        if self.tb is not None:
+            for k in ('acc1', 'acc5', 'loss'):
+                self.tb.add_scalar(f'perf/test_{k}', test_stats[k], epoch)
+
+    def epoch(self, epoch: int, train_stats: Dict[str, float], log_stats: Dict[str, Any]) -> None:
+        if self.tb is not None:
+            self.tb.add_scalar('train/loss', train_stats.get('loss', float('nan')), epoch)
+            self.tb.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(log_stats)
+
+    def write_log_txt(self, log_stats: Dict[str, Any]) -> None:
+        args = self.run.args
+        if args.output_dir and self.run.ds.is_main:
+            with open(os.path.join(args.output_dir, 'log.txt'), 'a') as f:
+                f.write(json.dumps(log_stats) + '\n')
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def train_loop(run: Run, net: Net, data: Data, train: TrainData, optim: Optim, state: engine.TrainState,
+               evaluate: Evaluator) -> int:
+    """Train from ``state`` to --epochs: per epoch train, evaluate, keep the best, save, prune, log."""
+    args, ds = run.args, run.ds
+    ckpt = Checkpointer(run, net, optim, state)
+    log = RunLog(run, optim.optimizer)
+    step_cfg = engine.StepConfig(update_freq=args.update_freq, clip_grad=args.clip_grad, amp_dtype=run.amp_dtype,
                                  channels_last=args.channels_last, print_freq=args.print_freq,
-                                 batch_size=args.batch_size, steps_per_epoch=steps_per_epoch, lr_fn=lr_fn, wd_fn=wd_fn)
+                                 batch_size=args.batch_size, steps_per_epoch=train.steps_per_epoch,
+                                 lr_fn=optim.lr_fn, wd_fn=optim.wd_fn)
     utils.STOP.install()
     _logger.info('Start training for %d epochs; outputs in %s', args.epochs, args.output_dir or '(not saved)')
     start_time = time.time()
     try:
         while state.epoch < args.epochs:
             epoch = state.epoch
-            sampler.set_epoch(epoch, start=state.step_in_epoch * args.update_freq * args.batch_size)
-            remaining = (steps_per_epoch - state.step_in_epoch) * args.update_freq
-            limited = _take(loader, remaining)
+            train.sampler.set_epoch(epoch, start=state.step_in_epoch * args.update_freq * args.batch_size)
+            remaining = (train.steps_per_epoch - state.step_in_epoch) * args.update_freq
+            limited = _take(train.loader, remaining)
             train_stats = engine.train_one_epoch(
-                train_model, criterion, limited, remaining, optimizer, scaler, state, step_cfg,
-                model_ema=model_ema, mixup_fn=mixup_fn, save_fn=save_preempt, on_step=on_step)
+                net.train_model, optim.criterion, limited, remaining, optim.optimizer, optim.scaler, state, step_cfg,
+                model_ema=net.ema, mixup_fn=train.mixup_fn, save_fn=ckpt.save_preempt, on_step=log.on_step)
             log_stats: Dict[str, Any] = {f'train_{k}': v for k, v in train_stats.items()}
-            if dataset_val is not None and not args.disable_eval:
-                test_stats = run_eval(model)
+            if data.val is not None and not args.disable_eval:
+                test_stats = evaluate(net.model)
                 if test_stats['acc1'] > state.max_accuracy:
                     state.max_accuracy = test_stats['acc1']
-                    save('best', epoch_complete=True)
+                    ckpt.save('best', epoch_complete=True)
                 _logger.info('Max accuracy: %.2f%%', state.max_accuracy)
                 log_stats.update({f'test_{k}': v for k, v in test_stats.items()})
-                if model_ema is not None and args.model_ema_eval:
-                    ema_stats = run_eval(model_ema.module, header='Test (EMA):')
+                if net.ema is not None and args.model_ema_eval:
+                    ema_stats = evaluate(net.ema.module, header='Test (EMA):')
                     if ema_stats['acc1'] > state.max_accuracy_ema:
                         state.max_accuracy_ema = ema_stats['acc1']
-                        save('best-ema', epoch_complete=True)
+                        ckpt.save('best-ema', epoch_complete=True)
                     log_stats.update({f'test_{k}_ema': v for k, v in ema_stats.items()})
-                if tb is not None:
-                    for k in ('acc1', 'acc5', 'loss'):
-                        tb.add_scalar(f'perf/test_{k}', test_stats[k], epoch)
-            log_stats.update({'epoch': epoch, 'n_parameters': n_parameters})
-            if tb is not None:
-                tb.add_scalar('train/loss', train_stats.get('loss', float('nan')), epoch)
-                tb.flush()
-            if wandb_run is not None:
-                wandb_run.log(log_stats)
+                log.test(epoch, test_stats)
+            log_stats.update({'epoch': epoch, 'n_parameters': net.n_parameters})
+            log.epoch(epoch, train_stats, log_stats)
             state.step_in_epoch = 0
             if (epoch + 1) % args.save_ckpt_freq == 0 or epoch + 1 == args.epochs:
-                save(epoch, epoch_complete=True)
+                ckpt.save(epoch, epoch_complete=True)
                 if args.output_dir and ds.is_main:
                     checkpoints.prune_checkpoints(args.output_dir, args.save_ckpt_num, keep_every=50)  # as the original
-            if args.output_dir and ds.is_main:
-                with open(os.path.join(args.output_dir, 'log.txt'), 'a') as f:
-                    f.write(json.dumps(log_stats) + '\n')
+            log.write_log_txt(log_stats)
             state.epoch += 1
     except engine.TrainingInterrupted as e:
         _logger.warning('%s; checkpoint saved: relaunch the same command to continue', e)
         return EXIT_PREEMPTED
     finally:
         utils.STOP.uninstall()
-        if tb is not None:
-            tb.close()
+        log.close()
     _logger.info('Training time %s', time.strftime('%H:%M:%S', time.gmtime(time.time() - start_time)))
     if args.output_dir and ds.is_main:
         _logger.info('Checkpoints and log.txt are in %s', os.path.abspath(args.output_dir))
     return EXIT_OK
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run training or evaluation as described by validated ``args``. Returns an exit status."""
+    run = setup_run(args)
+    data = build_data(run)
+    net = build_model(run, data.nb_classes)
+    evaluate = Evaluator(run, data.val)
+    if args.eval:
+        return evaluate_checkpoint(run, net, evaluate)
+    train = build_train_data(run, data)
+    optim = build_optim(run, net, train)
+    state = maybe_resume(run, net, optim, train.steps_per_epoch)
+    return train_loop(run, net, data, train, optim, state, evaluate)
 
 
 def _take(loader, n: int):
