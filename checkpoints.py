@@ -33,7 +33,8 @@ from models.weights import CheckpointError, extract_state_dict, safe_load
 
 __all__ = ['CHECKPOINT_VERSION', 'PREEMPT_NAME', 'BEST_NAME', 'BEST_EMA_NAME', 'epoch_checkpoint_name',
            'checkpoint_file_name', 'save_atomic', 'rng_state', 'set_rng_state', 'is_finite_state',
-           'save_training_checkpoint', 'find_resume_checkpoint', 'prune_checkpoints', 'load_training_checkpoint']
+           'save_training_checkpoint', 'find_resume_checkpoint', 'resolve_resume_path', 'check_checkpoint_file',
+           'without_torch_advice', 'prune_checkpoints', 'load_training_checkpoint']
 
 _logger = logging.getLogger(__name__)
 
@@ -122,10 +123,25 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (os.umask can only be read by setting)."""
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(obj: Any, path: PathLike) -> None:
     """``torch.save`` ``obj`` to ``path`` so that the final name holds either the old file or the complete new one.
 
-    Writes a hidden ``.tmp-`` file in the same directory, fsyncs it, renames it over ``path`` and fsyncs the
+    Writes a hidden ``.tmp-`` file in the same directory, fsyncs it, gives it the permissions of a new file
+    under the umask (0644 with the usual 022; mkstemp's are 0600), renames it over ``path`` and fsyncs the
     directory. An OSError (disk full, permissions, quota) becomes a one-line :class:`UserError`; any failure
     removes the temp file and leaves the previous ``path`` untouched. ``obj`` must hold only what
     ``torch.load(weights_only=True)`` accepts (else TypeError, before anything is written).
@@ -150,6 +166,7 @@ def save_atomic(obj: Any, path: PathLike) -> None:
                 raise
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as any other output
         os.replace(tmp, path)
         tmp = None
         _fsync_dir(directory)
@@ -318,7 +335,7 @@ def _epoch_files(output_dir: Path) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
-def find_resume_checkpoint(output_dir: PathLike) -> Optional[Path]:
+def find_resume_checkpoint(output_dir: PathLike, log: bool = True) -> Optional[Path]:
     """The checkpoint to auto-resume from: the readable ``checkpoint-<N>.pth`` / ``checkpoint-preempt.pth``
     with the largest stored ``global_step`` (an epoch file wins a tie), or None if there is none.
 
@@ -339,9 +356,62 @@ def find_resume_checkpoint(output_dir: PathLike) -> Optional[Path]:
         key = (step is not None, step if step is not None else number, is_epoch_file, number)
         if best_key is None or key > best_key:
             best_key, best_path = key, path
-    if best_path is not None:
+    if best_path is not None and log:
         _logger.info('Resume candidate: %s', best_path)
     return best_path
+
+
+def resolve_resume_path(path: PathLike, flag: str = '--resume') -> str:
+    """``path`` itself for a file; for a run directory, the checkpoint auto-resume would pick in it (the one
+    furthest along, see :func:`find_resume_checkpoint`); a directory without one is a :class:`UserError`."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        return path
+    found = find_resume_checkpoint(path)
+    if found is None:
+        others = sorted(n for n in os.listdir(path) if n.endswith(('.pth', '.pt', '.safetensors')))
+        hint = (f"; it holds {', '.join(others[:3])}: pass one of them as a file" if others else
+                '; pass the checkpoint file, or the --output_dir of a run that saved one')
+        raise UserError(f"{flag} {path}: the directory has no checkpoint to resume from (checkpoint-<epoch>.pth "
+                        f"or {PREEMPT_NAME}){hint}")
+    return str(found)
+
+
+def check_checkpoint_file(path: PathLike, flag: str = '--resume') -> None:
+    """A one-line :class:`UserError` when ``path`` is plainly not a checkpoint, e.g. a run's log.txt.
+
+    ``torch.save`` writes a zip archive (``PK``) or, before torch 1.6, a pickle (``0x80``). Empty files and
+    .safetensors files pass here; reading them reports their problems.
+    """
+    path = os.fspath(path)
+    if path.endswith('.safetensors') or '://' in path:
+        return
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(512)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot read it ({_os_reason(e)})") from None
+    if not head or head.startswith(b'PK\x03\x04') or head[:1] == b'\x80':
+        return
+    try:
+        head.decode('utf-8')
+        kind = 'a text file'
+    except UnicodeDecodeError:
+        kind = 'not a file written by torch.save'
+    raise UserError(f"{flag} {path} is not a checkpoint ({kind}); pass a checkpoint file (e.g. "
+                    f"checkpoint-<epoch>.pth) or the run directory that holds it")
+
+
+_TORCH_ADVICE = re.compile(r'\(?Weights only load failed.*', re.S)
+
+
+def without_torch_advice(e: CheckpointError) -> CheckpointError:
+    """torch's weights_only error suggests retrying with weights_only=False, which runs any code in the file:
+    never pass that on."""
+    text = str(e)
+    if 'weights_only' not in text:
+        return e
+    return CheckpointError(_TORCH_ADVICE.sub('', text).rstrip(' (;:.'))
 
 
 def prune_checkpoints(output_dir: PathLike, keep: int, keep_every: int = 0) -> List[Path]:
@@ -393,7 +463,11 @@ def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
     * A file without 'optimizer' is treated as bare weights and returns ``{'model': state_dict}`` only.
     """
     path = str(path)
-    raw = safe_load(path)
+    check_checkpoint_file(path)
+    try:
+        raw = safe_load(path)
+    except CheckpointError as e:
+        raise without_torch_advice(e) from None
     if not isinstance(raw, Mapping):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a checkpoint dict or state dict")
     if 'optimizer' not in raw:

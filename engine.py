@@ -207,14 +207,19 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, num_batches: int, amp_dtype: Optional[torch.dtype] = None,
-             channels_last: bool = False, print_freq: int = 10, header: str = 'Test:') -> Dict[str, float]:
-    """Exact (distributed) evaluation: every sample counted once; sums, not averages of averages."""
+             channels_last: bool = False, print_freq: int = 10, header: str = 'Test:',
+             log_result: bool = True) -> Dict[str, float]:
+    """Exact (distributed) evaluation: every sample counted once; sums, not averages of averages.
+
+    Logs the ``* Acc@1 ...`` line unless ``log_result`` is False (``--eval`` prints it itself)."""
     ds = utils.dist_state()
     criterion = nn.CrossEntropyLoss(reduction='sum')
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
     metric_logger = utils.MetricLogger()
-    for images, target in metric_logger.log_every(loader, print_freq, header, num_batches):
+    # processes that evaluate: all with sharded sampling, one when rank 0 evaluates alone (--dist_eval false)
+    evaluating = getattr(getattr(loader, 'sampler', None), 'num_replicas', ds.world_size)
+    for images, target in metric_logger.log_every(loader, print_freq, header, num_batches, world_size=evaluating):
         images = images.to(ds.device, non_blocking=True)
         target = target.to(ds.device, non_blocking=True)
         if channels_last:
@@ -234,5 +239,11 @@ def evaluate(model: nn.Module, loader: Iterable, num_batches: int, amp_dtype: Op
         raise UserError('the validation set is empty: check --data_path / --eval_data_path')
     stats = {'acc1': 100.0 * correct1 / count, 'acc5': 100.0 * correct5 / count, 'loss': loss_sum / count,
              'num_samples': int(count)}
-    _logger.info('* Acc@1 {:.3f} Acc@5 {:.3f} loss {:.3f}'.format(stats['acc1'], stats['acc5'], stats['loss']))
+    if log_result:
+        _logger.info(result_line(stats))
     return stats
+
+
+def result_line(stats: Dict[str, float]) -> str:
+    """The evaluation summary line, as the original prints it."""
+    return '* Acc@1 {:.3f} Acc@5 {:.3f} loss {:.3f}'.format(stats['acc1'], stats['acc5'], stats['loss'])

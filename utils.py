@@ -63,7 +63,7 @@ def init_distributed(device: str, dist_url: str = 'env://', world_size: int = 1,
     (NCCL on CUDA, gloo on CPU). A single process with none of these set runs undistributed."""
     global _STATE
     if device.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError("--device cuda was given but CUDA is not available on this machine; use --device cpu")
+        raise UserError(no_cuda_message(device))
     if device not in ('cpu', 'cuda') and not device.startswith('cuda:'):
         raise UserError(f"--device {device!r} is not supported; use cpu or cuda")
     if dist_on_itp:
@@ -115,6 +115,111 @@ def init_distributed(device: str, dist_url: str = 'env://', world_size: int = 1,
         dist.init_process_group(**kwargs)
     _STATE = DistState(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend if world > 1 else None)
     return _STATE
+
+
+def no_cuda_message(device: str) -> str:
+    """The error for a CUDA device on a machine without one; ``cuda`` is --device's default."""
+    which = '--device is cuda, the default,' if device == 'cuda' else f'--device {device} was given,'
+    return (f"CUDA is not available on this machine ({which} but torch sees no GPU); to run on the CPU add "
+            f"--device cpu")
+
+
+def local_world_size() -> int:
+    """Training processes on this machine (torchrun, OpenMPI, SLURM), 1 when none is set."""
+    n = _env_int('LOCAL_WORLD_SIZE', 'OMPI_COMM_WORLD_LOCAL_SIZE')
+    if n is None and os.environ.get('SLURM_JOB_ID') and _STATE.distributed:
+        tasks = os.environ.get('SLURM_NTASKS_PER_NODE') or os.environ.get('SLURM_TASKS_PER_NODE') or ''
+        digits = tasks.split('(')[0].split(',')[0]  # SLURM_TASKS_PER_NODE looks like '8(x2)' or '8,4'
+        n = int(digits) if digits.isdigit() else None
+    return max(1, n or 1)
+
+
+def cpu_cores_available() -> int:
+    """Cores this process may run on: its CPU affinity, capped by a cgroup (container) CPU quota if any."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open('/sys/fs/cgroup/cpu.max') as f:
+            quota, period = f.read().split()[:2]
+        if quota != 'max' and int(period) > 0:
+            cores = min(cores, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def set_intra_op_threads(requested: int, num_workers: int) -> int:
+    """Set torch's intra-op thread count for this process and log the choice; returns it.
+
+    ``requested`` > 0 wins (``--threads``); else OMP_NUM_THREADS if set (torchrun sets 1 for several processes);
+    else the cores available divided among this machine's training processes and their data loading workers:
+    cores // (local processes x (1 + num_workers)) (a SLURM task bound to its own --cpus-per-task cores shares
+    them with its workers only). More threads than free cores do not just stop helping, they hurt: every
+    parallel region waits for its slowest thread, and a thread that shares its core with a loader worker or
+    another program is slow (with torch's default, one epoch of the quick start took 5-10x longer on a busy
+    machine).
+    """
+    if requested > 0:
+        threads, why = requested, '--threads'
+    elif os.environ.get('OMP_NUM_THREADS', '').strip():
+        threads, why = torch.get_num_threads(), 'OMP_NUM_THREADS'
+    else:
+        cores, procs = cpu_cores_available(), local_world_size()
+        per_task = _env_int('SLURM_CPUS_PER_TASK')
+        if per_task is not None and cores <= per_task:
+            procs = 1  # SLURM bound this task to cores of its own: they are not shared with the other tasks
+        workers = max(0, int(num_workers))
+        threads = max(1, cores // (procs * (1 + workers)))
+        why = (f"{cores} cores / ({procs} process{'es' if procs != 1 else ''} x (1 + {workers} data loading "
+               f"worker{'s' if workers != 1 else ''}))")
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    _logger.info('CPU threads per process: %d (%s; --threads N to change)', threads, why)
+    return threads
+
+
+def match_param_strides_to_grads(model: torch.nn.Module, input_size: int, channels_last: bool = False,
+                                 in_chans: int = 3) -> List[str]:
+    """Give each parameter the strides its gradient will have, where the two differ only on size-1 dims.
+
+    DDP (``gradient_as_bucket_view``) lays its buckets out like the parameters, and warns "Grad strides do not
+    match bucket view strides" when a gradient arrives with other strides. For a tensor with a size-1 dim, such
+    as a depthwise kernel (C, 1, k, k) or a 1x1 kernel (O, I, 1, 1), several stride tuples describe the same
+    memory order; which one a gradient gets depends on how the model computes with the parameter (HorNet runs
+    its depthwise convolutions channels-last, so their kernel gradients come back channels-last, and uses 1x1
+    kernels as matrices, so theirs come back in the standard layout whatever ``model.to(channels_last)`` made of
+    the parameter). Values and memory order stay as they are; only those strides change. The gradients are read
+    off a forward/backward of a copy of the model on the meta device: no compute, no memory, no random draws.
+    Returns the names of the parameters that changed.
+    """
+    import copy
+    try:
+        probe = copy.deepcopy(model).to('meta')
+        probe.train()
+        x = torch.empty(2, in_chans, input_size, input_size, device='meta')
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = probe(x)
+        out = out if isinstance(out, torch.Tensor) else out[0]
+        out.float().sum().backward()
+        grads = {n: p.grad for n, p in probe.named_parameters()}
+    except Exception as e:  # a model the meta device cannot run: keep its layouts (DDP may warn, nothing worse)
+        _logger.debug('Gradient layout probe failed: %s', e)
+        return []
+    changed = []
+    for name, p in model.named_parameters():
+        g = grads.get(name)
+        if g is None or g.shape != p.shape or g.stride() == p.stride():
+            continue
+        if any(gs != ps for gs, ps, n in zip(g.stride(), p.stride(), p.shape) if n != 1):
+            continue  # another memory order: a real layout choice, not ours to change
+        new = torch.empty_strided(p.shape, g.stride(), dtype=p.dtype, device=p.device)
+        new.copy_(p.detach())
+        p.data = new
+        changed.append(name)
+    return changed
 
 
 def barrier() -> None:
@@ -177,9 +282,15 @@ class SmoothedValue:
         self.total = 0.0
         self.count = 0
         self.fmt = fmt
+        self._constant: Optional[float] = None  # the value while every update had the same one
+        self._varied = False
 
     def update(self, value: float, n: int = 1) -> None:
         self.deque.append(value)
+        if self.count == 0:
+            self._constant = value
+        elif value != self._constant:
+            self._varied = True
         self.count += n
         self.total += value * n
 
@@ -193,6 +304,9 @@ class SmoothedValue:
 
     @property
     def global_avg(self) -> float:
+        """The mean of all updates; exactly the value when it never changed (0.05, not 0.049999999999999954)."""
+        if self.count and not self._varied and self._constant is not None:
+            return self._constant
         return self.total / max(self.count, 1)
 
     @property
@@ -220,25 +334,51 @@ class MetricLogger:
         return self.delimiter.join(f'{k}: {m}' for k, m in self.meters.items())
 
     def log_every(self, iterable: Iterable, print_freq: int, header: str, total: int,
-                  batch_size: int = 0) -> Iterator:
-        from loaders import DataWaitMonitor, timed  # [data] issue 11: time spent waiting for the loader
+                  batch_size: int = 0, world_size: Optional[int] = None) -> Iterator:
+        """Yield from ``iterable``, logging progress every ``print_freq`` items and at the last one.
+
+        img/s is over the recent window, for all ``world_size`` processes (default: every process); the images
+        per item are ``batch_size``, or when that is 0 the length of each item's first element (the batch). The
+        line ends with the time spent waiting for the loader and its share of the step (loaders.DataWaitMonitor)."""
+        from loaders import DataWaitMonitor, timed
         start = last = time.time()
         iter_time = SmoothedValue(fmt='{avg:.3f}')
-        data_wait = DataWaitMonitor()  # [data]
+        images: deque = deque(maxlen=iter_time.deque.maxlen)
+        data_wait = DataWaitMonitor()
         width = len(str(total))
-        for i, (obj, waited) in enumerate(timed(iterable)):  # [data]
+        world = _STATE.world_size if world_size is None else world_size
+        for i, (obj, waited) in enumerate(timed(iterable)):
+            n = batch_size or _batch_len(obj)
             yield obj
             now = time.time()
             iter_time.update(now - last)
-            data_wait.update(waited, now - last)  # [data]
+            data_wait.update(waited, now - last)
+            images.append(n)
             last = now
             if i % print_freq == 0 or i == total - 1:
                 eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
-                ips = batch_size * _STATE.world_size / max(iter_time.avg, 1e-9) if batch_size else 0.0
-                _logger.info('%s [%*d/%d] eta: %s  %s  img/s: %.1f  %s', header, width, i, total, eta, self, ips,
-                             data_wait.summary())  # [data]
+                speed = ''
+                if all(images):
+                    ips = sum(images) * world / max(sum(iter_time.deque), 1e-9)
+                    speed = f'  img/s: {ips:.1f}'
+                _logger.info('%s [%*d/%d] eta: %s  %s%s  %s', header, width, i, total, eta, self, speed,
+                             data_wait.summary())
         _logger.info('%s Total time: %s (%.3f s / it)', header,
                      datetime.timedelta(seconds=int(time.time() - start)), (time.time() - start) / max(total, 1))
+
+
+def _batch_len(obj: object) -> int:
+    """Images in a loader item ``(images, targets)``; 0 if it cannot tell."""
+    first = obj[0] if isinstance(obj, (tuple, list)) and obj else obj
+    try:
+        return len(first)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
+def plural(n: int, word: str) -> str:
+    """``plural(1, 'epoch')`` -> '1 epoch', ``plural(12, 'epoch')`` -> '12 epochs'."""
+    return f'{n} {word}' if n == 1 else f'{n} {word}s'
 
 
 # ---------------------------------------------------------------------------------------------- graceful stop

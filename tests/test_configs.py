@@ -30,8 +30,9 @@ RECIPES = [p for p in CONFIGS if p.name.startswith(('in1k_', 'in22k_'))]
 LAUNCHER_FLAGS = {'--nodes': True, '--ngpus': True, '--timeout': True, '--job_name': True, '--job_dir': True,
                   '--partition': True, '--comment': True, '--use_volta32': False, '--debug': False}
 FILE_FLAGS = ('--resume', '--finetune')
-# Parsed values that legitimately differ between a config run and the original command it reproduces.
-NOT_COMPARED = {'config', 'output_dir'}
+# Parsed values that legitimately differ between a config run and the original command it reproduces
+# (recipe_batch_size only records the original's effective batch, for the warning when a run differs).
+NOT_COMPARED = {'config', 'output_dir', 'recipe_batch_size'}
 
 
 def _load(path: Path) -> Dict:
@@ -100,6 +101,14 @@ def test_recipe_total_batch_comment(path):
     data = _load(path)
     assert (data['batch_size'], data['update_freq']) == (batch_size, update_freq)
     assert nodes * gpus * batch_size * update_freq == total
+    assert data['recipe_batch_size'] == total  # the warning for a run at another effective batch uses it
+
+
+def test_no_config_writes_into_a_fixed_tensorboard_dir():
+    """TensorBoard logs follow --output_dir (<output_dir>/tb) unless --log_dir is given: a config that set
+    log_dir would send every run of it, whatever its --output_dir, into one folder."""
+    for path in CONFIGS:
+        assert 'log_dir' not in _load(path), path.name
 
 
 @pytest.mark.parametrize('path', RECIPES, ids=[p.name for p in RECIPES])
