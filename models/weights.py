@@ -75,7 +75,13 @@ def safe_load(path: str) -> Any:
 
 
 def _short(e: BaseException) -> str:
-    text = ' '.join(str(e).split())
+    """One line of an exception's text. torch's weights_only refusal also advises retrying with
+    weights_only=False, which would run code from the file: only its reason (the unpickler's error) is kept."""
+    text = str(e)
+    if 'Weights only load failed' in text:
+        found = re.search(r'WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)', text, re.S)
+        text = found.group(1) if found else 'refused by the safe (weights_only) loader'
+    text = ' '.join(text.split())
     return (text[:200] + '...') if len(text) > 200 else text
 
 

@@ -218,3 +218,22 @@ def test_rng_state_roundtrip_reproduces_random_draws(tmp_path):
     draws()  # move every generator on
     set_rng_state(torch.load(tmp_path / 'rng.pth', weights_only=True)['rng'])
     assert draws() == first
+
+
+def test_safe_load_never_relays_torchs_advice_to_disable_weights_only(tmp_path):
+    import datetime
+
+    from models import CheckpointError, safe_load
+    import pickle
+    text = tmp_path / 'args.json'
+    text.write_text('{"epoch": 1}')
+    legacy = tmp_path / 'set.pkl'
+    legacy.write_bytes(pickle.dumps({1, 2}))  # an opcode the safe unpickler does not take
+    code = tmp_path / 'object.pth'
+    torch.save({'when': datetime.date(2026, 1, 1)}, code)
+    for path in (text, legacy, code):
+        with pytest.raises(CheckpointError) as info:
+            safe_load(str(path))
+        msg = str(info.value)
+        assert str(path) in msg and '\n' not in msg
+        assert 'weights_only=False' not in msg and 'set to False' not in msg and 'Re-running' not in msg
