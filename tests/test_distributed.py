@@ -170,13 +170,14 @@ def _count_worker(rank: int, world: int, port: int, out_dir: str, update_freq: i
         return default_hooks.allreduce_hook(state, bucket)
 
     ddp.register_comm_hook(None, counting_hook)
-    real_all_reduce_max = utils.all_reduce_max
+    real_all_reduce = dist.all_reduce  # the step flags are a MAX all-reduce; DDP's buckets are SUMs (comm hook)
 
-    def counting_all_reduce_max(values, device=None):
-        calls['step_flags'] += 1
-        return real_all_reduce_max(values, device)
+    def counting_all_reduce(tensor, *args, **kwargs):
+        if kwargs.get('op', args[0] if args else None) == dist.ReduceOp.MAX:
+            calls['step_flags'] += 1
+        return real_all_reduce(tensor, *args, **kwargs)
 
-    utils.all_reduce_max = counting_all_reduce_max
+    dist.all_reduce = counting_all_reduce
     g = torch.Generator().manual_seed(100 + rank)
     batches = [(torch.randn(2, 3, 32, 32, generator=g), torch.randint(0, 4, (2,), generator=g))
                for _ in range(n_batches)]
@@ -203,7 +204,7 @@ def test_accumulation_uses_one_allreduce_per_optimizer_step(tmp_path):
         steps = n_batches // update_freq
         assert got['optimizer_steps'] == steps
         assert got['buckets'] == steps, f'rank {rank}: {got["buckets"]} gradient all-reduces for {steps} steps'
-        assert got['step_flags'] == steps  # the [non-finite, stop] flags: one small all-reduce per step too
+        assert got['step_flags'] == steps  # the [non-finite rank, stop] flags: one small all-reduce per step too
         assert got['weights_equal_across_ranks']
 
 

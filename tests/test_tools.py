@@ -242,6 +242,7 @@ def test_predict_uses_the_checkpoint_resolution_and_class_names_and_matches_eval
 
     # reference: main.py's validation data set and transform at the recorded resolution
     ns = argparse.Namespace(**torch.load(ckpt, map_location='cpu', weights_only=True)['args'])
+    ns.data_backend = None  # the float reference transform (main.py's loader normalises uint8 on the device)
     val, _ = datasets.build_dataset(False, ns)
     model = timm.create_model('hornet_micro_7x7', num_classes=4)
     model.load_state_dict(torch.load(ckpt, map_location='cpu', weights_only=True)['model'])
