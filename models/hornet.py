@@ -7,28 +7,26 @@ are tested against the original formulation) but are computed channels-last: ``F
 mean/pow chain, the gnConv 1x1 projections as GEMMs, one ``addcmul`` per residual update, and (optionally) the
 Global Filter as small DFT matmuls instead of rfft2/irfft2. Measurements: BENCHMARKS.md.
 """
-from __future__ import annotations
-
 import logging
 import math
-from functools import partial
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from timm.layers import DropPath, trunc_normal_
-from timm.models import build_model_with_cfg, register_model
+from timm.layers import DropPath, register_notrace_function, trunc_normal_
+from timm.models import adapt_input_conv, build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from . import fast_ops
 from .pretrained import prepare_pretrained, released_files
-from .weights import checkpoint_filter_fn, load_pretrained_file
+from .weights import checkpoint_filter_fn, extract_state_dict, safe_load
 
-__all__ = ['HorNet', 'GnConv', 'GlobalLocalFilter', 'LayerNorm2d', 'checkpoint_filter_fn']
+__all__ = ['HorNet', 'GnConv', 'GlobalLocalFilter', 'LayerNorm2d', 'checkpoint_filter_fn', 'adapt_input_channels',
+           'load_pretrained_adapted', 'pretrained_filter_fn']
 
 _logger = logging.getLogger(__name__)
 
@@ -48,7 +46,7 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
-def _dft_mats(n: int, half: bool, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+def _dft_mats(n: int, half: bool, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     """Real and imaginary parts of the orthonormal forward DFT matrix (n_out x n), half-spectrum if asked."""
     n_out = n // 2 + 1 if half else n
     k = torch.arange(n_out, dtype=torch.float64).unsqueeze(1)
@@ -58,7 +56,7 @@ def _dft_mats(n: int, half: bool, device, dtype) -> Tuple[torch.Tensor, torch.Te
     return (torch.cos(ang) * scale).to(device, dtype), (torch.sin(ang) * scale).to(device, dtype)
 
 
-def _irdft_mats(n: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+def _irdft_mats(n: int, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     """Matrices (n x n//2+1) of the orthonormal inverse real DFT (C2R) along one dim.
 
     ``irfft`` ignores the imaginary part of the DC (and, for even n, the Nyquist) bin and counts every
@@ -81,23 +79,31 @@ def _irdft_mats(n: int, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
     return re.to(device, dtype), im.to(device, dtype)
 
 
+def _global_filter_fft_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2], x.shape[-1]
+    xf = torch.fft.rfft2(x.float(), dim=(2, 3), norm='ortho')
+    xf = xf * torch.view_as_complex(weight.float().contiguous())
+    return torch.fft.irfft2(xf, s=(h, w), dim=(2, 3), norm='ortho')
+
+
+@register_notrace_function  # a leaf for torch.fx (timm's tracer); the autocast guard below cannot be traced
 def global_filter_fft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Reference path of the original: rfft2 (ortho) * complex filter, irfft2. Always computed in fp32."""
-    h, w = x.shape[-2:]
+    if torch.jit.is_scripting():  # TorchScript has no autocast to escape from
+        return _global_filter_fft_fp32(x, weight)
     dev = x.device.type if x.device.type in ('cuda', 'cpu', 'xpu', 'mps') else 'cpu'  # e.g. meta for FLOP counts
     with torch.autocast(device_type=dev, enabled=False):
-        xf = torch.fft.rfft2(x.float(), dim=(2, 3), norm='ortho')
-        xf = xf * torch.view_as_complex(weight.float().contiguous())
-        return torch.fft.irfft2(xf, s=(h, w), dim=(2, 3), norm='ortho')
+        return _global_filter_fft_fp32(x, weight)
 
 
+@register_notrace_function  # builds DFT matrices from the input's (concrete) size: a leaf for torch.fx
 def global_filter_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """The same linear map as :func:`global_filter_fft`, written as small dense DFT matmuls.
 
     At HorNet's sizes (14x14 / 7x7 maps) these are tiny GEMMs: they run in any dtype, compile and export to
     ONNX, where FFTs do not. The filter is applied in the input dtype (fp32 under fp32 training).
     """
-    h, w = x.shape[-2:]
+    h, w = x.shape[-2], x.shape[-1]
     dt = x.dtype
     fh_re, fh_im = _dft_mats(h, False, x.device, dt)     # (h, h)
     fw_re, fw_im = _dft_mats(w, True, x.device, dt)      # (w2, w)
@@ -119,12 +125,13 @@ def global_filter_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return d_re @ iw_re.t() + d_im @ iw_im.t()
 
 
-def resize_complex_weight(weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+@register_notrace_function  # compares the filter's shape with the map's: a leaf for torch.fx
+def resize_complex_weight(weight: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Bilinearly resize a (C, h, w, 2) filter to (C, size[0], size[1], 2), align_corners=True (as the original)."""
-    if tuple(weight.shape[1:3]) == tuple(size):
+    if weight.shape[1] == size[0] and weight.shape[2] == size[1]:
         return weight
     w = weight.permute(3, 0, 1, 2)
-    w = F.interpolate(w.float(), size=tuple(size), mode='bilinear', align_corners=True)
+    w = F.interpolate(w.float(), size=[size[0], size[1]], mode='bilinear', align_corners=True)
     return w.permute(1, 2, 3, 0).to(weight.dtype)
 
 
@@ -146,12 +153,12 @@ class GlobalLocalFilter(nn.Module):
 
     def forward_nhwc(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """NHWC in and out; ``scale`` multiplies the output (folded into the post-norm's affine)."""
-        pre, post = self.pre_norm, self.post_norm
+        pre = self.pre_norm
         x = F.layer_norm(x, pre.normalized_shape, pre.weight, pre.bias, pre.eps)
         x1, x2 = torch.chunk(x, 2, dim=-1)
         x1 = self.dw(x1.permute(0, 3, 1, 2))
         b, c, h, w = x1.shape
-        weight = resize_complex_weight(self.complex_weight, (h, w // 2 + 1))
+        weight = resize_complex_weight(self.complex_weight, [h, w // 2 + 1])
         x2 = x2.permute(0, 3, 1, 2)
         if self.impl == 'matmul':
             x2 = global_filter_matmul(x2, weight)
@@ -161,11 +168,27 @@ class GlobalLocalFilter(nn.Module):
             x2 = global_filter_fft(x2, weight)
         x2 = x2.to(x1.dtype)
         # interleave the halves channel by channel, as the original's stack + reshape over dim 1
-        x = torch.stack((x1.permute(0, 2, 3, 1), x2.permute(0, 2, 3, 1)), dim=-1).reshape(b, h, w, 2 * c)
+        x = torch.stack([x1.permute(0, 2, 3, 1), x2.permute(0, 2, 3, 1)], dim=-1).reshape(b, h, w, 2 * c)
+        post = self.post_norm
         weight, bias = post.weight, post.bias
         if scale != 1.0:
             weight, bias = weight * scale, bias * scale
         return F.layer_norm(x, post.normalized_shape, weight, bias, post.eps)
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """The gnConv's 7x7 depthwise conv: an ``nn.Conv2d`` (same parameters and NCHW ``forward``) that also has the
+    ``forward_nhwc(x, scale)`` of :class:`GlobalLocalFilter`, so :class:`GnConv` calls either without a type test
+    (which TorchScript cannot compile)."""
+
+    def forward_nhwc(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """NHWC in and out; ``scale`` multiplies the output (folded into the kernel and bias)."""
+        weight, bias = self.weight, self.bias
+        if scale != 1.0:
+            weight = weight * scale
+            if bias is not None:
+                bias = bias * scale
+        return self._conv_forward(x.permute(0, 3, 1, 2), weight, bias).permute(0, 2, 3, 1)
 
 
 class GnConv(nn.Module):
@@ -183,12 +206,13 @@ class GnConv(nn.Module):
         super().__init__()
         self.order = order
         self.dims = [dim // 2 ** i for i in range(order)][::-1]
+        self.dw_dim = sum(self.dims)
         self.proj_in = nn.Conv2d(dim, 2 * dim, 1)
         if gf_size is None:
-            self.dwconv = nn.Conv2d(
-                sum(self.dims), sum(self.dims), kernel_size, padding=kernel_size // 2, groups=sum(self.dims))
+            self.dwconv = DepthwiseConv2d(
+                self.dw_dim, self.dw_dim, kernel_size, padding=kernel_size // 2, groups=self.dw_dim)
         else:
-            self.dwconv = GlobalLocalFilter(sum(self.dims), h=gf_size[0], w=gf_size[1], impl=gf_impl)
+            self.dwconv = GlobalLocalFilter(self.dw_dim, h=gf_size[0], w=gf_size[1], impl=gf_impl)
         self.proj_out = nn.Conv2d(dim, dim, 1)
         self.pws = nn.ModuleList([nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1)])
         self.scale = scale
@@ -207,16 +231,10 @@ class GnConv(nn.Module):
         scale s is folded into the depthwise kernel and bias (or the Global Filter's post-norm).
         """
         fused = F.linear(x, self.proj_in.weight.flatten(1), self.proj_in.bias)
-        pwa, abc = torch.split(fused, (self.dims[0], sum(self.dims)), dim=-1)
-        if isinstance(self.dwconv, nn.Conv2d):
-            conv = self.dwconv
-            if self.triton_dwconv and not torch.jit.is_scripting():
-                return fast_ops.gnconv_tail_triton(self, pwa, abc)
-            dw = F.conv2d(abc.permute(0, 3, 1, 2), conv.weight * self.scale, conv.bias * self.scale,
-                          conv.stride, conv.padding, conv.dilation, conv.groups)
-            dw = dw.permute(0, 2, 3, 1)
-        else:
-            dw = self.dwconv.forward_nhwc(abc, self.scale)
+        pwa, abc = torch.split(fused, [self.dims[0], self.dw_dim], dim=-1)
+        if self.triton_dwconv and not torch.jit.is_scripting():  # opt-in; set on 7x7 (conv) blocks only
+            return fast_ops.gnconv_tail_triton(self, pwa, abc)
+        dw = self.dwconv.forward_nhwc(abc, self.scale)
         if self.fused_gating and torch.is_grad_enabled() and not torch.jit.is_scripting():
             return fast_ops.gating_chain(pwa, dw, self.dims, self.pws, self.proj_out)
         dw_list = torch.split(dw, self.dims, dim=-1)
@@ -224,6 +242,27 @@ class GnConv(nn.Module):
         for i, pw in enumerate(self.pws):
             x = F.linear(x, pw.weight.flatten(1), pw.bias) * dw_list[i + 1]
         return F.linear(x, self.proj_out.weight.flatten(1), self.proj_out.bias)
+
+
+def _check_global_pool(global_pool: str) -> str:
+    if global_pool not in ('avg', ''):
+        raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r}); HorNet has no other pooling")
+    return global_pool
+
+
+def _new_head(model: nn.Module, num_features: int, num_classes: int) -> nn.Module:
+    """A fresh classifier (or Identity for 0 classes) on the device and dtype of the model's current head
+    (or, if it has none, of its final norm / any parameter), as timm's heads follow ``model.to(...)``."""
+    if num_classes <= 0:
+        return nn.Identity()
+    ref = getattr(model.head, 'weight', None)
+    if not isinstance(ref, torch.Tensor):
+        ref = getattr(model.norm, 'weight', None)
+    if not isinstance(ref, torch.Tensor):
+        ref = next(iter(model.parameters()), None)
+    if ref is None:
+        return nn.Linear(num_features, num_classes)
+    return nn.Linear(num_features, num_classes, device=ref.device, dtype=ref.dtype)
 
 
 _aten = torch.ops.aten
@@ -269,7 +308,11 @@ class HorBlock(nn.Module):
             self.gamma2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
         else:
             self.gamma1 = self.gamma2 = None
+        # The module is kept for the original's module tree (and repr); the forward reads the plain numbers below,
+        # since TorchScript cannot test a submodule's type.
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.drop_prob = float(drop_path)
+        self.drop_scale_by_keep = True  # timm's DropPath default
         self.selective_checkpointing = False
 
     def _branch_scale(self, gamma: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -278,17 +321,18 @@ class HorBlock(nn.Module):
         The same function as ``x + drop_path(gamma * y)`` with timm's DropPath (same RNG draw: one bernoulli
         per sample), but it lets the residual update be a single ``addcmul`` pass.
         """
-        dp = self.drop_path
-        if not (self.training and isinstance(dp, DropPath) and dp.drop_prob > 0.):
+        if not (self.training and self.drop_prob > 0.):
             return gamma
-        keep = 1. - dp.drop_prob
+        keep = 1. - self.drop_prob
         mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)
-        if dp.scale_by_keep:
+        if self.drop_scale_by_keep:
             mask = mask / keep
-        return mask if gamma is None else mask * gamma
+        if gamma is None:
+            return mask
+        return mask * gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.selective_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting():
+        if not torch.jit.is_scripting() and self.selective_checkpointing and torch.is_grad_enabled():
             # keeps ~12 of the ~23 channel-widths per position a block would store, for ~7% more time on CPU
             return checkpoint(self._forward, x, use_reentrant=False, context_fn=_selective_context)
         return self._forward(x)
@@ -327,6 +371,8 @@ class HorNet(nn.Module):
             'kron' (opt-in: the 2-D DFT as one GEMM each way, models/fast_ops.py).
     """
 
+    first_conv = 'downsample_layers.0.0'  # the pretrained cfg's 'first_conv', adapted when in_chans != 3
+
     def __init__(
             self,
             in_chans: int = 3,
@@ -344,10 +390,8 @@ class HorNet(nn.Module):
             gf_impl: str = 'fft',
     ):
         super().__init__()
-        if global_pool not in ('avg', ''):
-            raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r})")
         self.num_classes = num_classes
-        self.global_pool = global_pool
+        self.global_pool = _check_global_pool(global_pool)
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
         dims = [base_dim * 2 ** i for i in range(4)]
@@ -446,7 +490,7 @@ class HorNet(nn.Module):
             if reason is not None:
                 raise RuntimeError(f'set_triton_dwconv needs triton: {reason}')
         for m in self.modules():
-            if isinstance(m, GnConv):
+            if isinstance(m, GnConv) and isinstance(m.dwconv, nn.Conv2d):
                 m.triton_dwconv = enable
 
     @torch.jit.ignore
@@ -454,18 +498,11 @@ class HorNet(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new head (on the old one's device and dtype); ``global_pool`` is 'avg' or '' (unpooled)."""
         self.num_classes = num_classes
         if global_pool is not None:
-            if global_pool not in ('avg', ''):
-                raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r})")
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-
-    def _run_stage(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        x = self.downsample_layers[i](x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.stages[i], x)
-        return self.stages[i](x)
+            self.global_pool = _check_global_pool(global_pool)
+        self.head = _new_head(self, self.num_features, num_classes)
 
     def forward_intermediates(
             self,
@@ -482,8 +519,14 @@ class HorNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         last = max_index if stop_early else len(self.stages) - 1
-        for i in range(last + 1):
-            x = self._run_stage(i, x)
+        for i, (downsample, stage) in enumerate(zip(self.downsample_layers, self.stages)):
+            if i > last:
+                break
+            x = downsample(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
             if i in take_indices:
                 intermediates.append(x)
         if intermediates_only:
@@ -503,8 +546,12 @@ class HorNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        for i in range(len(self.stages)):
-            x = self._run_stage(i, x)
+        for downsample, stage in zip(self.downsample_layers, self.stages):
+            x = downsample(x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint_seq(stage, x)
+            else:
+                x = stage(x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -522,7 +569,57 @@ class HorNet(nn.Module):
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
         """timm's ``custom_load`` hook: any supported checkpoint format, loaded safely and strictly."""
-        load_pretrained_file(self, checkpoint_path)
+        load_pretrained_adapted(self, checkpoint_path)
+
+
+def adapt_input_channels(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, Any]:
+    """timm's ``in_chans`` adaptation of the first conv, for a model built with ``in_chans != 3``.
+
+    The checkpoint's first-conv weight (``model.first_conv + '.weight'``, under any prefix such as mmpretrain's
+    ``backbone.``) is converted by timm's :func:`~timm.models.adapt_input_conv` when its input channels differ
+    from the model's: summed over RGB for 1 channel, repeated and rescaled for more. Other keys are untouched.
+    """
+    name = getattr(model, 'first_conv', None)
+    try:
+        in_chans = model.get_submodule(name).weight.shape[1] if name else None
+    except AttributeError:
+        in_chans = None
+    if in_chans is None:
+        return dict(state_dict)
+    suffix = name + '.weight'
+    out = dict(state_dict)
+    for k, v in state_dict.items():
+        if (k == suffix or k.endswith('.' + suffix)) and isinstance(v, torch.Tensor) and v.ndim == 4 \
+                and v.shape[1] != in_chans:
+            try:
+                out[k] = adapt_input_conv(in_chans, v)
+            except NotImplementedError:  # e.g. a 2-channel checkpoint into 4 channels: the shape error names it
+                continue
+            _logger.info('Adapted first conv %s from %d to %d input channel(s)', k, v.shape[1], in_chans)
+    return out
+
+
+def load_pretrained_adapted(model: nn.Module, path: str, use_ema: bool = False) -> None:
+    """:func:`models.weights.load_pretrained_file` with the first conv adapted to the model's ``in_chans``
+    (:func:`adapt_input_channels`): any supported format, loaded safely (``weights_only``) and strictly."""
+    sd = extract_state_dict(safe_load(path), use_ema=use_ema, path=path)
+    sd = checkpoint_filter_fn(adapt_input_channels(sd, model), model, path=path)
+    model.load_state_dict(sd, strict=True)
+    _logger.info('Loaded weights from %s', path)
+
+
+def pretrained_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """``build_model_with_cfg``'s filter for a state dict given in memory (``pretrained_cfg_overlay=dict(
+    state_dict=...)``). timm adapts the first conv itself after the filter, so the checkpoint is checked with the
+    adapted conv but handed back with its own, which timm then converts exactly once."""
+    sd = extract_state_dict(state_dict)
+    adapted = adapt_input_channels(sd, model)
+    out = checkpoint_filter_fn(adapted, model)
+    name = getattr(model, 'first_conv', None)
+    for k, v in sd.items():
+        if adapted[k] is not v:
+            out[name + '.weight'] = v
+    return out
 
 
 def _cfg(**kwargs) -> Dict[str, Any]:
@@ -572,7 +669,7 @@ def _create_hornet(variant: str, pretrained: bool = False, **kwargs) -> HorNet:
     kwargs = prepare_pretrained(variant, pretrained, kwargs)  # downloads a released file (cached, hash-checked)
     return build_model_with_cfg(
         HorNet, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
+        pretrained_filter_fn=pretrained_filter_fn,
         feature_cfg=dict(feature_cls='getter', out_indices=(0, 1, 2, 3)),
         **kwargs,
     )

@@ -7,8 +7,6 @@ the hierarchical model's HorBlock (pre-norm gnConv + 4x MLP, layer scale 1e-6); 
 every block; the GF variant uses a Global-Local Filter of size (14, 8) in every block (the 14x14 token map at
 224); the head is global average pooling + LayerNorm + Linear, as in the hierarchical model.
 """
-from __future__ import annotations
-
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -17,16 +15,18 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
+from timm.models._manipulate import checkpoint, checkpoint_seq
 
-from .hornet import HorBlock, LayerNorm2d, _cfg, set_selective_checkpointing
-from .weights import checkpoint_filter_fn, load_pretrained_file
+from .hornet import (HorBlock, LayerNorm2d, _cfg, _check_global_pool, _new_head, load_pretrained_adapted,
+                     pretrained_filter_fn, set_selective_checkpointing)
 
 __all__ = ['HorNetIsotropic']
 
 
 class HorNetIsotropic(nn.Module):
     """Constant-width HorNet: patch embedding, ``depth`` HorBlocks, pooled LayerNorm head."""
+
+    first_conv = 'stem.0'  # the pretrained cfg's 'first_conv', adapted when in_chans != 3
 
     def __init__(
             self,
@@ -47,7 +47,7 @@ class HorNetIsotropic(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
-        self.global_pool = global_pool
+        self.global_pool = _check_global_pool(global_pool)
         self.num_features = self.head_hidden_size = dim
         self.grad_checkpointing = False
         self.stem = nn.Sequential(
@@ -94,22 +94,28 @@ class HorNetIsotropic(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """A new head (on the old one's device and dtype); ``global_pool`` is 'avg' or '' (unpooled)."""
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = global_pool
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+            self.global_pool = _check_global_pool(global_pool)
+        self.head = _new_head(self, self.num_features, num_classes)
 
     def forward_intermediates(
             self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
             stop_early: bool = False, output_fmt: str = 'NCHW', intermediates_only: bool = False,
-    ):
-        """Outputs of the selected blocks (all at stride ``patch_size``)."""
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Outputs of the selected blocks (all at stride ``patch_size``), NCHW; grad checkpointing is honoured."""
+        if output_fmt != 'NCHW':
+            raise ValueError("HorNetIsotropic returns intermediates in 'NCHW' only")
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         x = self.stem(x)
         intermediates = []
         last = max_index if stop_early else len(self.blocks) - 1
         for i in range(last + 1):
-            x = self.blocks[i](x)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(self.blocks[i], x)
+            else:
+                x = self.blocks[i](x)
             if i in take_indices:
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
@@ -143,18 +149,19 @@ class HorNetIsotropic(nn.Module):
 
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
-        load_pretrained_file(self, checkpoint_path)
+        """timm's ``custom_load`` hook; see :meth:`models.hornet.HorNet.load_pretrained`."""
+        load_pretrained_adapted(self, checkpoint_path)
 
 
 default_cfgs = generate_default_cfgs({
-    'hornet_isotropic_small_7x7': _cfg(first_conv='stem.0'),
-    'hornet_isotropic_small_gf': _cfg(first_conv='stem.0'),
+    'hornet_isotropic_small_7x7': _cfg(first_conv='stem.0', pool_size=(14, 14)),
+    'hornet_isotropic_small_gf': _cfg(first_conv='stem.0', pool_size=(14, 14)),
 })
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> HorNetIsotropic:
     return build_model_with_cfg(
-        HorNetIsotropic, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+        HorNetIsotropic, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn,
         feature_cfg=dict(feature_cls='getter', out_indices=(3, 7, 12)), **kwargs)
 
 
