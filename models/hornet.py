@@ -16,7 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from timm.layers import DropPath, register_notrace_function, trunc_normal_
+from timm.layers import DropPath, trunc_normal_
+try:
+    from timm.layers import register_notrace_function
+except ImportError:  # timm < 1.0.13 keeps it beside the FX feature extractor
+    from timm.models._features_fx import register_notrace_function
 from timm.models import adapt_input_conv, build_model_with_cfg, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
