@@ -26,6 +26,8 @@ import models  # noqa: F401  (registers the variants)
 from models.hornet import HorNet
 from models.isotropic import HorNetIsotropic
 
+pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+
 VARIANTS = timm.list_models('hornet_*')
 TAGGED = timm.list_models('hornet_*', include_tags=True)
 
@@ -88,7 +90,7 @@ def test_default_cfg_is_consistent_with_the_model(name):
     assert unpooled.forward_head(feats).shape == (1, unpooled.num_features, *cfg['pool_size'])
 
 
-# ---------------------------------------------------------------- forward / backward (timm: test_model_forward, _backward)
+# ------------------------------------------ forward / backward (timm: test_model_forward, test_model_backward)
 
 # (tests/test_models.py runs every variant at full depth forward and backward; here the micro and isotropic ones)
 @pytest.mark.parametrize('name', ['hornet_micro_7x7', 'hornet_micro_gf', 'hornet_isotropic_small_7x7',
@@ -150,7 +152,7 @@ def test_torchscript_covers_training_mode_and_the_matmul_global_filter():
     assert torch.jit.script(dropping).training  # stochastic depth compiles too
 
 
-# ---------------------------------------------------------------- torch.fx (timm: test_model_forward_fx, _backward_fx, ..._fx_torchscript)
+# --------------------- torch.fx (timm: test_model_forward_fx, test_model_backward_fx, ..._fx_torchscript)
 
 def _fx_model(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:
     """timm's tracer setup: its registered leaf modules and no-trace functions, the graph's output node returned."""
