@@ -14,12 +14,15 @@ version.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import enum
 import logging
 import os
 import random
 import re
+import signal
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -137,6 +140,29 @@ def _umask() -> int:
     return mask
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """Hold a Ctrl-C until the block ends, then deliver it to the previous handler.
+
+    A KeyboardInterrupt inside ``torch.save`` leaves its zip writer mid-record, and torch then raises a RuntimeError
+    instead: the user would get a traceback and lose the checkpoint being written. Deferring it lets the write
+    finish, so the interrupt is reported once, with that checkpoint saved."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: List[Any] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        if callable(previous):
+            previous(signal.SIGINT, pending[0])
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
+
+
 def save_atomic(obj: Any, path: PathLike) -> None:
     """``torch.save`` ``obj`` to ``path`` so that the final name holds either the old file or the complete new one.
 
@@ -154,22 +180,23 @@ def save_atomic(obj: Any, path: PathLike) -> None:
     directory = path.parent
     tmp: Optional[str] = None
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{path.name}-', dir=directory)
-        with os.fdopen(fd, 'wb') as f:
-            writer = _ErrorRecordingWriter(f)
-            try:
-                torch.save(obj, writer)
-            except RuntimeError as e:
-                if writer.error is not None:  # the real cause (ENOSPC, EFBIG, EIO...) hides behind torch's error
-                    raise writer.error from e
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as any other output
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_dir(directory)
+        with _sigint_deferred():  # a Ctrl-C arriving mid-write is delivered once the file is complete
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f'{TMP_PREFIX}{path.name}-', dir=directory)
+            with os.fdopen(fd, 'wb') as f:
+                writer = _ErrorRecordingWriter(f)
+                try:
+                    torch.save(obj, writer)
+                except RuntimeError as e:
+                    if writer.error is not None:  # the real cause (ENOSPC, EFBIG, EIO...) hides behind torch's error
+                        raise writer.error from e
+                    raise
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is as readable as any other output
+            os.replace(tmp, path)
+            tmp = None
+            _fsync_dir(directory)
     except OSError as e:
         raise UserError(f"cannot write checkpoint {path}: {_os_reason(e)} (free disk space or fix the permissions "
                         f"of {directory}; the previous file, if any, is unchanged)") from None

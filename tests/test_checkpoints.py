@@ -237,3 +237,18 @@ def test_safe_load_never_relays_torchs_advice_to_disable_weights_only(tmp_path):
         msg = str(info.value)
         assert str(path) in msg and '\n' not in msg
         assert 'weights_only=False' not in msg and 'set to False' not in msg and 'Re-running' not in msg
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_delivered_after_the_file_is_complete(tmp_path):
+    import checkpoints
+    path = tmp_path / 'checkpoint-0.pth'
+    state = {'model': {'w': torch.arange(1000.0)}}
+    reached_end = []
+    with pytest.raises(KeyboardInterrupt):
+        with checkpoints._sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while "writing"
+            checkpoints.save_atomic(state, path)  # nested: still completes
+            reached_end.append(True)
+    assert reached_end == [True]
+    assert torch.equal(torch.load(path, weights_only=True)['model']['w'], state['model']['w'])
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
