@@ -29,35 +29,15 @@ __all__ = ['global_filter_kron', 'kron_dft_mats', 'gating_chain', 'GatingChain',
 
 # ------------------------------------------------------------------------------------------ Global Filter
 def _axis_dft(n: int, half: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary parts of the orthonormal forward DFT matrix (n_out x n) along one axis, float64.
-
-    Real tensors only (no complex dtype), so the construction also traces and compiles (torch.compile).
-    """
-    n_out = n // 2 + 1 if half else n
-    k = torch.arange(n_out, dtype=torch.float64).unsqueeze(1)
-    j = torch.arange(n, dtype=torch.float64).unsqueeze(0)
-    ang = -2.0 * math.pi * k * j / n
-    return torch.cos(ang) / math.sqrt(n), torch.sin(ang) / math.sqrt(n)
+    """float64 forward DFT matrices along one axis: hornet.py's ``_dft_mats`` (real tensors only, so it compiles)."""
+    from .hornet import _dft_mats  # hornet imports this module
+    return _dft_mats(n, half, torch.device('cpu'), torch.float64)
 
 
 def _axis_irdft(n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(n x n//2+1) real matrices with ``y = R @ re + I @ im`` = the orthonormal C2R inverse (``irfft``) of a
-    half spectrum: bins other than DC (and Nyquist for even n) count twice (Hermitian symmetry), and the
-    imaginary parts of DC / Nyquist are ignored, exactly as ``irfft`` does."""
-    n_half = n // 2 + 1
-    j = torch.arange(n, dtype=torch.float64).unsqueeze(1)
-    k = torch.arange(n_half, dtype=torch.float64).unsqueeze(0)
-    ang = 2.0 * math.pi * j * k / n
-    w = torch.full((n_half,), 2.0, dtype=torch.float64)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    re = torch.cos(ang) * w / math.sqrt(n)
-    im = -torch.sin(ang) * w / math.sqrt(n)
-    im[:, 0] = 0.0
-    if n % 2 == 0:
-        im[:, -1] = 0.0
-    return re, im
+    """float64 (n x n//2+1) matrices of the orthonormal C2R inverse (``irfft``): hornet.py's ``_irdft_mats``."""
+    from .hornet import _irdft_mats
+    return _irdft_mats(n, torch.device('cpu'), torch.float64)
 
 
 def kron_dft_mats(h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
