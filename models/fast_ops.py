@@ -18,7 +18,6 @@ reference formulation: ``tests/test_fast_ops.py``.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
