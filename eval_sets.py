@@ -360,9 +360,7 @@ def _real_set(spec: EvalSetSpec, transform: Optional[Callable]) -> EvalSet:
         raise UserError(f"{spec.flag}: none of the {len(paths)} images in '{spec.path}' has a ReaL label; "
                         f"expected {_expected_folders('real')}")
     width = max(len(r) for r in rows)
-    table = torch.full((len(rows), width), -1, dtype=torch.int64)
-    for i, r in enumerate(rows):
-        table[i, :len(r)] = torch.tensor(r, dtype=torch.int64)
+    table = torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.int64)  # padded with -1
     _warn_if_partial(spec, len(paths), 0, 1000)
     return EvalSet(spec, samples, transform, folders, label_sets=table, left_out=left_out)
 
@@ -589,8 +587,11 @@ def results_json(results: Sequence[SetResult], checkpoint: str, sha256: Optional
     }
 
 
-def eval_settings(args: Any, *, processes: int, num_classes: int) -> Dict[str, Any]:
-    """What the numbers depend on besides the weights, for eval.json (read from main.py's flags)."""
+def eval_settings(args: Any, *, num_classes: int, processes: Optional[int] = None) -> Dict[str, Any]:
+    """What the numbers depend on besides the weights, for eval.json (read from main.py's flags). ``processes``:
+    those that evaluated (default: every process, or 1 under ``--dist_eval false``)."""
+    if processes is None:
+        processes = utils.dist_state().world_size if getattr(args, 'dist_eval', True) else 1
     from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, \
         IMAGENET_INCEPTION_STD
     input_size = int(args.input_size)

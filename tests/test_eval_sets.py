@@ -302,6 +302,12 @@ def test_timm_class_lists_agree_with_each_other():
     assert len(real) == 50000 and sum(1 for r in real if not r) == 3163  # the ReaL paper's 46837 labelled images
 
 
+def test_a_timm_without_the_data_file_is_one_line_naming_the_version_needed():
+    needed = r"timm/data/_info/no_such_file.txt, which timm .* lacks; install timm >= 1\.0\.12"
+    with pytest.raises(UserError, match=needed):
+        eval_sets._timm_info('no_such_file.txt', 'ImageNet-A')
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------------------------------
@@ -315,7 +321,7 @@ def test_table_and_json_carry_the_same_numbers(all_results):
     assert real_row.split()[1:5] == ['5', f'{all_results["real:real"].acc1:.3f}',
                                      f'{all_results["real:real"].acc5:.3f}', 'n/a']
     assert 'real:real: 2 images with an empty ReaL label set left out' in table
-    settings = eval_sets.eval_settings(ARGS, processes=1, num_classes=1000)
+    settings = eval_sets.eval_settings(ARGS, num_classes=1000)
     doc = json.loads(json.dumps(eval_sets.results_json(results, '/ck.pth', 'ab' * 32, settings)))
     assert doc['checkpoint'] == '/ck.pth' and doc['sha256'] == 'ab' * 32
     assert doc['settings']['preprocessing'].startswith('bicubic resize to 54, center crop 48')
@@ -340,7 +346,8 @@ def _case_v2_with_wnid_folders(root: pathlib.Path):
 def _case_a_with_1000_classes(root: pathlib.Path):
     for w in _wnids(1000):
         (root / 'a' / w).mkdir(parents=True)
-    return [f'a={root / "a"}'], None, ['not one of the 200 classes of ImageNet-A', 'there are 1000 class folders', str(root / 'a')]
+    return [f'a={root / "a"}'], None, ['not one of the 200 classes of ImageNet-A', 'there are 1000 class folders',
+                                        str(root / 'a')]
 
 
 def _case_flat_without_labels(root: pathlib.Path):
