@@ -157,7 +157,7 @@ def _expected_folders(kind: str) -> str:
 def read_labels_file(path: str) -> Dict[str, str]:
     """``--eval_labels``: file stem -> wnid, from Kaggle's LOC_val_solution.csv or lines ``<file name> <wnid>``."""
     try:
-        with open(path, encoding='utf-8') as f:
+        with open(path, encoding='utf-8-sig') as f:  # -sig: a CSV saved with a byte-order mark reads the same
             lines = f.read().splitlines()
     except OSError as exc:
         raise UserError(f"--eval_labels '{path}' cannot be read ({exc.strerror or exc}); pass {_LABELS_HELP}") \
@@ -568,7 +568,7 @@ def format_table(results: Sequence[SetResult]) -> str:
     for r in results:
         if r.kind == 'real':
             out.append(f'{r.name}: {r.left_out} images with an empty ReaL label set left out (as the ReaL paper '
-                       f'and timm do); Acc@k: one of the k best classes is in the image\'s ReaL set')
+                       f'and timm do); Acc@k: a ReaL label among the k best')
         elif r.classes != 1000:
             out.append(f'{r.name}: logits restricted to its {r.classes} classes')
     return '\n'.join(out)
