@@ -357,7 +357,12 @@ def parse_run_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Names
     parser = get_args_parser()
     args, explicit = read_flags_explicit(parser, argv)
     inherited = run_settings.inherit_from_checkpoint(args, explicit, parser)
-    validate_args(args)
+    try:
+        validate_args(args)
+    except UserError as e:
+        if not inherited.taken:
+            raise
+        raise UserError(f"{e} (flags taken from {inherited.checkpoint}: {inherited.taken_flags()})") from None
     return args, inherited
 
 

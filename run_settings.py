@@ -57,18 +57,23 @@ class Inherited:
     overridden: Dict[str, Tuple[Any, Any]] = field(default_factory=dict)   # model flag -> (user's value, checkpoint's)
     changed: Dict[str, Tuple[Any, Any]] = field(default_factory=dict)      # recipe flag -> (user's value, checkpoint's)
 
+    def taken_flags(self) -> str:
+        """The flags taken from the checkpoint, as a command line would give them."""
+        return ' '.join(f'--{k} {_show(v)}' for k, v in self.taken.items())
+
     def messages(self) -> List[Tuple[int, str]]:
         """(logging level, one line) for each thing worth saying."""
         out: List[Tuple[int, str]] = []
         if self.taken:
-            given = ' '.join(f'--{k} {_show(v)}' for k, v in self.taken.items())
-            out.append((logging.INFO, f'From the checkpoint {self.checkpoint} (flags not given): {given}'))
+            out.append((logging.INFO, f'From the checkpoint {self.checkpoint} (flags not given): '
+                                      f'{self.taken_flags()}'))
         for k, (mine, theirs) in self.overridden.items():
             out.append((logging.WARNING, f'--{k} {_show(mine)} differs from the checkpoint\'s {_show(theirs)} '
                                          f'({self.checkpoint}); using {_show(mine)} as given (omit --{k} to use '
                                          f'the checkpoint\'s)'))
         if self.changed:
-            given = ', '.join(f'--{k} {_show(mine)} (was {_show(theirs)})' for k, (mine, theirs) in self.changed.items())
+            given = ', '.join(f'--{k} {_show(mine)} (was {_show(theirs)})'
+                              for k, (mine, theirs) in self.changed.items())
             out.append((logging.INFO, f'Changed from the run of {self.checkpoint}, as given: {given}'))
         return out
 

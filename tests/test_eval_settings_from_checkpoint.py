@@ -181,3 +181,15 @@ def test_checkpoints_record_the_class_names_and_eval_warns_when_the_data_has_oth
     assert len(warnings) == 1 and 'are not those' in warnings[0], warnings
     assert run_settings.class_names_warning(classes, classes, 'c', 'd') is None
     assert run_settings.class_names_warning(None, classes, 'c', 'd') is None  # older checkpoints: nothing known
+
+
+def test_a_bad_combination_made_by_an_inherited_flag_names_where_it_came_from(tmp_path):
+    ckpt = tmp_path / 'odd.pth'
+    checkpoints.save_training_checkpoint(tmp_path, ckpt.name, {
+        'model': timm.create_model('hornet_micro_7x7', num_classes=3).state_dict(), 'optimizer': {}, 'epoch': 0,
+        'global_step': 1, 'step_in_epoch': 0, 'epoch_complete': True,
+        'args': {'model': 'hornet_micro_7x7', 'batch_size': 7, 'mixup': 0.0}})
+    with pytest.raises(main_mod.UserError) as e:
+        main_mod.parse_run_args(['--resume', str(ckpt), '--device', 'cpu', '--mixup', '0.8'])
+    assert 'need an even --batch_size (got 7)' in str(e.value)
+    assert f'(flags taken from {ckpt}: --model hornet_micro_7x7 --batch_size 7)' in str(e.value)

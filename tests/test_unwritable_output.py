@@ -7,7 +7,6 @@ in CI. Without permission to mount, those tests skip and say why.
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import socket
 import subprocess
@@ -166,7 +165,7 @@ def test_a_folder_in_place_of_eval_json_or_train_log_is_found_at_start(tmp_path,
     (out / 'eval.json').mkdir(parents=True)
     last = _failed_in_one_line(run_main(base_args(data, out, eval='true', resume=str(checkpoint))))
     assert f'cannot write {out / "eval.json"}: it is a folder' in last, last
-    assert output_check.output_problem(str(out), eval_only=False, tensorboard_dir=None) is None  # training: no eval.json
+    assert output_check.output_problem(str(out), eval_only=False, tensorboard_dir=None) is None  # not written
     (out / 'train.log').mkdir()
     assert 'train.log: it is a folder' in output_check.output_problem(str(out), False, None)
 
