@@ -5,10 +5,11 @@ CPU runs, YAML configs and clear errors.
     python main.py --model hornet_tiny_7x7 --eval true --resume ckpt.pth --data_path /imagenet
     python main.py --config configs/quickstart.yaml          # built-in data, trains on a laptop CPU
 
-Configuration flows one way: :func:`parse_args` reads CLI + YAML once and validates it; :func:`main` turns the
-validated flags into typed objects and passes them down, phase by phase:
+Configuration flows one way: :func:`parse_args` reads CLI + YAML once, takes the flags not given from the
+checkpoint evaluated or resumed (run_settings.py) and validates the result; :func:`main` turns the validated flags
+into typed objects and passes them down, phase by phase:
 
-    run = setup_run(args)                  # process group, logging, seeds, precision      -> Run
+    run = setup_run(args)                  # process group, output check, logging, seeds  -> Run
     data = build_data(run)                 # validation and training sets                  -> Data
     net = build_model(run, ...)            # model, --finetune weights, EMA, DDP           -> Net
     evaluate_checkpoint(...)               # --eval: evaluate and stop
@@ -667,7 +668,8 @@ def evaluate_checkpoint(run: Run, net: Net, evaluate: Evaluator) -> int:
     ckpt = checkpoints.load_training_checkpoint(path) if path else None
     if ckpt is not None:
         _load_weights(net.without_ddp, ckpt, 'model', path, args.model)
-        _warn_other_classes(run, ckpt, path, getattr(evaluate.dataset, 'classes', None), 'the evaluation data')
+        _warn_other_classes(run, ckpt, path, getattr(evaluate.dataset, 'classes', None), 'the evaluation data',
+                            args.eval_data_path or args.data_path)
     stats = evaluate(net.model, log_result=False)
     result = {'checkpoint': path or args.finetune, 'model': args.model, 'input_size': args.input_size, **stats}
     ema_stats = None
@@ -693,10 +695,9 @@ def evaluate_checkpoint(run: Run, net: Net, evaluate: Evaluator) -> int:
 
 
 def _warn_other_classes(run: Run, ckpt: Dict[str, Any], path: str, classes: Optional[Sequence[str]],
-                        data: str) -> None:
+                        data: str, folder: str) -> None:
     """Warn when the data's classes are not (in label order) the ones the checkpoint was trained on."""
-    args = run.args
-    where = f"{data} (--data_set {args.data_set} {args.eval_data_path or args.data_path})"
+    where = f"{data} (--data_set {run.args.data_set} {folder})"
     message = run_settings.class_names_warning(ckpt.get('class_names'), classes, path, where)
     if message and run.ds.is_main:
         _logger.warning(message)
@@ -803,7 +804,7 @@ def maybe_resume(run: Run, net: Net, optim: Optim, steps_per_epoch: int,
     ck = checkpoints.load_training_checkpoint(resume_path)
     _load_weights(net.without_ddp, ck, 'model', resume_path, args.model)
     _logger.info('Resumed weights from %s', resume_path)
-    _warn_other_classes(run, ck, resume_path, class_names, 'the training data')
+    _warn_other_classes(run, ck, resume_path, class_names, 'the training data', args.data_path)
     if 'optimizer' not in ck:
         return Start(state)
     if ck.get('epoch') is None:
