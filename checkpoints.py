@@ -9,7 +9,7 @@ never leaves a partial file under a real name. Everything written loads with ``t
 
 A training checkpoint is a dict with (see :func:`save_training_checkpoint`): model, optimizer, epoch, scaler,
 model_ema, args, global_step, step_in_epoch, epoch_complete, ema_updates, max_accuracy, max_accuracy_ema, rng,
-version.
+version, and class_names (the training data's classes in label order; absent from older files).
 """
 from __future__ import annotations
 

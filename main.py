@@ -5,10 +5,11 @@ CPU runs, YAML configs and clear errors.
     python main.py --model hornet_tiny_7x7 --eval true --resume ckpt.pth --data_path /imagenet
     python main.py --config configs/quickstart.yaml          # built-in data, trains on a laptop CPU
 
-Configuration flows one way: :func:`parse_args` reads CLI + YAML once and validates it; :func:`main` turns the
-validated flags into typed objects and passes them down, phase by phase:
+Configuration flows one way: :func:`parse_args` reads CLI + YAML once, takes the flags not given from the
+checkpoint evaluated or resumed (run_settings.py) and validates the result; :func:`main` turns the validated flags
+into typed objects and passes them down, phase by phase:
 
-    run = setup_run(args)                  # process group, logging, seeds, precision      -> Run
+    run = setup_run(args)                  # process group, output check, logging, seeds  -> Run
     data = build_data(run)                 # validation and training sets                  -> Data
     net = build_model(run, ...)            # model, --finetune weights, EMA, DDP           -> Net
     evaluate_checkpoint(...)               # --eval: evaluate and stop
@@ -30,7 +31,7 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import numpy as np
 import timm
@@ -47,6 +48,8 @@ import datasets
 import engine
 import loaders
 import models  # noqa: F401  (registers the HorNet variants with timm)
+import output_check
+import run_settings
 import utils
 from errors import UserError
 from models.hornet import GF_IMPLS
@@ -319,25 +322,49 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]
 def read_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """CLI + optional YAML (``--config``: defaults, CLI wins) through ``parser``, with the data-set defaults
     resolved; shared with run_with_submitit.py, whose parser extends this one."""
+    return read_flags_explicit(parser, argv)[0]
+
+
+def read_flags_explicit(parser: argparse.ArgumentParser,
+                        argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Set[str]]:
+    """:func:`read_flags`, and the flags the user gave (on the command line or in the YAML): only flags left at
+    their defaults may be taken from a checkpoint (run_settings.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('--config', default=None)
     known, _ = pre.parse_known_args(argv)
+    from_yaml: Dict[str, Any] = {}
     if known.config:
-        parser.set_defaults(**_yaml_defaults(parser, known.config))
+        from_yaml = _yaml_defaults(parser, known.config)
+        parser.set_defaults(**from_yaml)
     args = parser.parse_args(argv)
+    explicit = set(from_yaml) | run_settings.flags_on_command_line(parser, argv)
     if args.data_set == 'QUICKSTART' and args.data_path == parser.get_default('data_path'):
         args.data_path = os.path.join('.', 'data', 'quickstart')  # the original default is a cluster path
     if args.data_set != 'IMNET' and args.nb_classes == parser.get_default('nb_classes'):
         args.nb_classes = None  # class count from the data (an explicit --nb_classes is checked against it)
-    return args
+    return args, explicit
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """CLI + optional YAML (``--config``), parsed once and validated once."""
-    args = read_flags(get_args_parser(), argv)
-    validate_args(args)
-    return args
+    """CLI + optional YAML (``--config``), parsed once, completed from the checkpoint, validated once."""
+    return parse_run_args(argv)[0]
+
+
+def parse_run_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, run_settings.Inherited]:
+    """:func:`parse_args`, and what was taken from the checkpoint evaluated or resumed (the model, resolution,
+    evaluation transform: flags not given take the checkpoint's values; see run_settings.py), for
+    :func:`main` to log once logging is set up."""
+    parser = get_args_parser()
+    args, explicit = read_flags_explicit(parser, argv)
+    inherited = run_settings.inherit_from_checkpoint(args, explicit, parser)
+    try:
+        validate_args(args)
+    except UserError as e:
+        if not inherited.taken:
+            raise
+        raise UserError(f"{e} (flags taken from {inherited.checkpoint}: {inherited.taken_flags()})") from None
+    return args, inherited
 
 
 def validate_args(args: argparse.Namespace) -> None:
@@ -516,10 +543,17 @@ class Start:
     checkpoint: Optional[str] = None
 
 
-def setup_run(args: argparse.Namespace) -> Run:
-    """Start the process group, logging and the seeds; pick the device settings and the precision."""
+def setup_run(args: argparse.Namespace, inherited: Optional[run_settings.Inherited] = None) -> Run:
+    """Start the process group; check that every output can be written (before any data is read); start logging
+    and the seeds; pick the device settings and the precision."""
     ds = utils.init_distributed(args.device, args.dist_url, args.world_size, args.dist_on_itp)
+    problem = output_check.output_problem(args.output_dir, args.eval, tensorboard_dir(args)) if ds.is_main else None
+    problem = utils.broadcast_from_main(problem)  # rank 0 alone writes and checks; every rank stops on its answer
+    if problem:
+        raise UserError(problem)
     utils.setup_logging(args.output_dir or None)
+    if inherited is not None and ds.is_main:
+        inherited.log(_logger)
     if args.local_rank not in (-1, ds.local_rank):
         _logger.info('--local_rank %d ignored in favour of LOCAL_RANK=%d', args.local_rank, ds.local_rank)
     utils.set_intra_op_threads(args.threads, args.num_workers)
@@ -634,6 +668,8 @@ def evaluate_checkpoint(run: Run, net: Net, evaluate: Evaluator) -> int:
     ckpt = checkpoints.load_training_checkpoint(path) if path else None
     if ckpt is not None:
         _load_weights(net.without_ddp, ckpt, 'model', path, args.model)
+        _warn_other_classes(run, ckpt, path, getattr(evaluate.dataset, 'classes', None), 'the evaluation data',
+                            args.eval_data_path or args.data_path)
     stats = evaluate(net.model, log_result=False)
     result = {'checkpoint': path or args.finetune, 'model': args.model, 'input_size': args.input_size, **stats}
     ema_stats = None
@@ -642,15 +678,29 @@ def evaluate_checkpoint(run: Run, net: Net, evaluate: Evaluator) -> int:
         ema_stats = evaluate(net.model, header='Test (EMA):', log_result=False)
         result.update({f'{k}_ema': v for k, v in ema_stats.items()})
     if ds.is_main:
-        result['sha256'] = _sha256(path or args.finetune)
-        if args.output_dir:
-            os.makedirs(args.output_dir, exist_ok=True)
-            _write_json_atomic(os.path.join(args.output_dir, 'eval.json'), result)
-            _logger.info('Wrote %s', os.path.join(args.output_dir, 'eval.json'))
-        print(engine.result_line(stats), flush=True)  # the result, on stdout, once
+        print(engine.result_line(stats), flush=True)  # the result, on stdout, once; before any write can fail
         if ema_stats is not None:
             print(engine.result_line(ema_stats) + ' (EMA)', flush=True)
+        result['sha256'] = _sha256(path or args.finetune)
+        if args.output_dir:
+            out = os.path.join(args.output_dir, 'eval.json')
+            try:
+                os.makedirs(args.output_dir, exist_ok=True)
+                _write_json_atomic(out, result)
+            except OSError as e:
+                raise UserError(f"cannot write {out}: {e.strerror or e} (the result is printed above; free disk "
+                                f"space or fix the permissions of {args.output_dir})") from None
+            _logger.info('Wrote %s', out)
     return EXIT_OK
+
+
+def _warn_other_classes(run: Run, ckpt: Dict[str, Any], path: str, classes: Optional[Sequence[str]],
+                        data: str, folder: str) -> None:
+    """Warn when the data's classes are not (in label order) the ones the checkpoint was trained on."""
+    where = f"{data} (--data_set {run.args.data_set} {folder})"
+    message = run_settings.class_names_warning(ckpt.get('class_names'), classes, path, where)
+    if message and run.ds.is_main:
+        _logger.warning(message)
 
 
 def _load_weights(module: nn.Module, ckpt: Dict[str, Any], key: str, path: str, model_name: str) -> None:
@@ -738,10 +788,11 @@ def build_optim(run: Run, net: Net, train: TrainData) -> Optim:
     return Optim(criterion=criterion, optimizer=optimizer, scaler=scaler, lr_fn=lr_fn, wd_fn=wd_fn)
 
 
-def maybe_resume(run: Run, net: Net, optim: Optim, steps_per_epoch: int) -> Start:
+def maybe_resume(run: Run, net: Net, optim: Optim, steps_per_epoch: int,
+                 class_names: Optional[Sequence[str]] = None) -> Start:
     """Where training starts: --resume (a file, or a run directory's newest checkpoint), else the newest
     checkpoint in --output_dir (auto-resume), else --start_epoch. Restores weights, optimizer, scaler, EMA,
-    counters and the random streams."""
+    counters and the random streams. ``class_names``: the training data's, checked against the checkpoint's."""
     args, ds = run.args, run.ds
     state = engine.TrainState(epoch=args.start_epoch, global_step=args.start_epoch * steps_per_epoch)
     resume_path = checkpoints.resolve_resume_path(args.resume) if args.resume else ''
@@ -753,6 +804,7 @@ def maybe_resume(run: Run, net: Net, optim: Optim, steps_per_epoch: int) -> Star
     ck = checkpoints.load_training_checkpoint(resume_path)
     _load_weights(net.without_ddp, ck, 'model', resume_path, args.model)
     _logger.info('Resumed weights from %s', resume_path)
+    _warn_other_classes(run, ck, resume_path, class_names, 'the training data', args.data_path)
     if 'optimizer' not in ck:
         return Start(state)
     if ck.get('epoch') is None:
@@ -810,8 +862,9 @@ def report_complete(run: Run, start: Start) -> int:
 class Checkpointer:
     """Saves the training state of every rank into ``--output_dir`` (rank 0 writes; nothing without it)."""
 
-    def __init__(self, run: Run, net: Net, optim: Optim, start: Start):
+    def __init__(self, run: Run, net: Net, optim: Optim, start: Start, class_names: Optional[Sequence[str]] = None):
         self.run, self.net, self.optim, self.state = run, net, optim, start.state
+        self.class_names = list(class_names) if class_names else None  # label order, for --eval and predict.py
 
     def snapshot(self, epoch_complete: bool) -> Dict[str, Any]:
         net, optim, state = self.net, self.optim, self.state
@@ -822,7 +875,7 @@ class Checkpointer:
             'args': vars(self.run.args), 'global_step': state.global_step,
             'step_in_epoch': 0 if epoch_complete else state.step_in_epoch, 'epoch_complete': epoch_complete,
             'ema_updates': state.ema_updates, 'max_accuracy': state.max_accuracy,
-            'max_accuracy_ema': state.max_accuracy_ema,
+            'max_accuracy_ema': state.max_accuracy_ema, 'class_names': self.class_names,
         }
 
     @property
@@ -921,8 +974,13 @@ class RunLog:
     def write_log_txt(self, log_stats: Dict[str, Any]) -> None:
         args = self.run.args
         if args.output_dir and self.run.ds.is_main:
-            with open(os.path.join(args.output_dir, 'log.txt'), 'a') as f:
-                f.write(json.dumps(log_stats) + '\n')
+            path = os.path.join(args.output_dir, 'log.txt')
+            try:
+                with open(path, 'a') as f:
+                    f.write(json.dumps(log_stats) + '\n')
+            except OSError as e:
+                raise UserError(f"cannot write {path}: {e.strerror or e} (free disk space or fix the "
+                                f"permissions, then relaunch to resume from the newest checkpoint)") from None
 
     def close(self) -> None:
         if self._tb is not None:
@@ -933,7 +991,7 @@ def train_loop(run: Run, net: Net, data: Data, train: TrainData, optim: Optim, s
                evaluate: Evaluator) -> int:
     """Train from ``start`` to --epochs: per epoch train, evaluate, keep the best, save, prune, log."""
     args, ds, state = run.args, run.ds, start.state
-    ckpt = Checkpointer(run, net, optim, start)
+    ckpt = Checkpointer(run, net, optim, start, getattr(data.train, 'classes', None))
     log = RunLog(run, optim.optimizer)
     step_cfg = engine.StepConfig(update_freq=args.update_freq, clip_grad=args.clip_grad, amp_dtype=run.amp_dtype,
                                  channels_last=args.channels_last, print_freq=args.print_freq,
@@ -998,9 +1056,10 @@ def train_loop(run: Run, net: Net, data: Data, train: TrainData, optim: Optim, s
     return EXIT_OK
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run training or evaluation as described by validated ``args``. Returns an exit status."""
-    run = setup_run(args)
+def main(args: argparse.Namespace, inherited: Optional[run_settings.Inherited] = None) -> int:
+    """Run training or evaluation as described by validated ``args`` (``inherited``: what :func:`parse_run_args`
+    took from the checkpoint, logged here). Returns an exit status."""
+    run = setup_run(args, inherited)
     data = build_data(run)
     net = build_model(run, data.nb_classes)
     evaluate = Evaluator(run, data.val)
@@ -1008,7 +1067,7 @@ def main(args: argparse.Namespace) -> int:
         return evaluate_checkpoint(run, net, evaluate)
     train = build_train_data(run, data)
     optim = build_optim(run, net, train)
-    start = maybe_resume(run, net, optim, train.steps_per_epoch)
+    start = maybe_resume(run, net, optim, train.steps_per_epoch, getattr(data.train, 'classes', None))
     if start.state.epoch >= args.epochs:
         return report_complete(run, start)
     return train_loop(run, net, data, train, optim, start, evaluate)
@@ -1028,15 +1087,21 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: user errors become one line on stderr and exit status 2, never a traceback; Ctrl-C one line
     and exit status 130."""
     try:
-        args = parse_args(argv)
-        return main(args)
+        args, inherited = parse_run_args(argv)
+        return main(args, inherited)
     except (UserError, CheckpointError) as e:
         logging.getLogger('hornet').debug('user error', exc_info=True)
         sys.stderr.write(f"error: {e}\n")
+        utils.log_to_file(logging.ERROR, f"error: {e}")  # train.log ends with what ended the run
         return EXIT_USER_ERROR
     except KeyboardInterrupt:  # during set-up or --eval; the training loop reports its own
-        sys.stderr.write('Interrupted (Ctrl-C) before training started or during evaluation: nothing was saved\n')
+        message = 'Interrupted (Ctrl-C) before training started or during evaluation: nothing was saved'
+        sys.stderr.write(message + '\n')
+        utils.log_to_file(logging.WARNING, message)
         return EXIT_INTERRUPTED
+    except Exception:  # a bug: its traceback goes to the console as usual, and to train.log
+        utils.log_to_file(logging.ERROR, 'the run ended with an unexpected error:', exc_info=sys.exc_info())
+        raise
     finally:
         try:
             utils.cleanup_distributed()

@@ -106,8 +106,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """CLI + optional YAML (``--config``, which may hold the SLURM flags too), validated as main.py does."""
     from errors import UserError
+    import run_settings
     parser = get_args_parser()
-    args = hornet_main.read_flags(parser, argv)
+    args, explicit = hornet_main.read_flags_explicit(parser, argv)
+    # the checkpoint's model and recipe for flags not given, as main.py does (said on the console at submission)
+    for _, line in run_settings.inherit_from_checkpoint(args, explicit, parser).messages():
+        print(line, file=sys.stderr)
 
     cpu = args.device == 'cpu'
     if args.nodes < 1:

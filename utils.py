@@ -227,6 +227,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_from_main(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (a check only rank 0 can make, so that all ranks act on it together)."""
+    if not _STATE.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_reduce_sum(values: Sequence[float], device: Optional[torch.device] = None) -> List[float]:
     """Sum a few numbers across ranks (float64 so counts and loss sums stay exact)."""
     t = torch.tensor(list(values), dtype=torch.float64, device=device or _STATE.device)
@@ -272,6 +281,15 @@ def setup_logging(output_dir: Optional[str] = None, level: int = logging.INFO) -
         fh._hornet = True  # type: ignore[attr-defined]
         root.addHandler(fh)
     root.setLevel(level)
+
+
+def log_to_file(level: int, message: str, exc_info: Optional[tuple] = None) -> None:
+    """Record ``message`` in train.log, if open, and not on the console (which already shows it): the line that
+    ended a run belongs at the end of its log."""
+    record = _logger.makeRecord(_logger.name, level, __file__, 0, message, None, exc_info)
+    for h in logging.getLogger().handlers:
+        if getattr(h, '_hornet', False) and isinstance(h, logging.FileHandler):
+            h.handle(record)
 
 
 class SmoothedValue:

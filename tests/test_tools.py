@@ -234,7 +234,7 @@ def test_predict_uses_the_checkpoint_resolution_and_class_names_and_matches_eval
     assert proc.stderr.strip() == ''  # no mismatch warning
     report = json.loads(out.read_text())
     assert report['model'] == 'hornet_micro_7x7' and report['input_size'] == QS_SIZE
-    assert report['class_names'] == f"the class folders of {data / 'train'}"
+    assert report['class_names'] == 'the checkpoint (class_names)'  # main.py records the training classes
     preds = {Path(p['path']): p['topk'][0]['label'] for p in report['predictions']}
     assert len(preds) == result['num_samples'] == 40
     correct = sum(path.parent.name == label for path, label in preds.items())
@@ -261,10 +261,13 @@ def test_predict_uses_the_checkpoint_resolution_and_class_names_and_matches_eval
 
 
 def test_predict_class_names_recorded_in_the_checkpoint_win_over_its_data_folder(tmp_path, quickstart_run):
-    """A ``class_names`` list stored in the checkpoint is used as is; without it and without the training folder
-    (a checkpoint moved to another machine), predictions are class indices; --class_names always wins."""
+    """A ``class_names`` list stored in the checkpoint is used as is; without it (older checkpoints) the training
+    folder's; without both (moved to another machine), predictions are class indices; --class_names always wins."""
     data, ckpt, _ = quickstart_run
     raw = torch.load(ckpt, map_location='cpu', weights_only=True)
+    assert raw.pop('class_names') == ['circle', 'cross', 'square', 'triangle']
+    older = tmp_path / 'older.pth'
+    torch.save(raw, older)
     raw['args']['data_path'] = str(tmp_path / 'moved')
     moved = tmp_path / 'moved.pth'
     torch.save(raw, moved)
@@ -280,6 +283,7 @@ def test_predict_class_names_recorded_in_the_checkpoint_win_over_its_data_folder
         return report['class_names'], {t['label'] for t in report['predictions'][0]['topk']}
 
     assert labels(named) == ('the checkpoint (class_names)', {'a', 'b', 'c', 'd'})
+    assert labels(older)[0] == f"the class folders of {data / 'train'}"
     assert labels(moved) == ('class indices', {f'class {i}' for i in range(4)})
     names = tmp_path / 'names.txt'
     names.write_text('w\nx\ny\nz\n')
