@@ -146,7 +146,9 @@ def test_measured_rows_come_from_benchmark_json(tmp_path):
             dict(model='g', dtype='bf16', channels_last=True, compile=False, gf_impl='matmul', error=None,
                  train_img_s=dict(median=2.0), infer_img_s=dict(median=2.0)),
             dict(model='g', dtype='bf16', channels_last=True, compile=False, gf_impl='fft', error=None,
-                 train_img_s=dict(median=50.0), infer_img_s=dict(median=None))]
+                 train_img_s=dict(median=50.0), infer_img_s=dict(median=None)),
+            dict(model='m', dtype='bf16', channels_last=True, compile=False, gf_impl=None, error=None,
+                 fused_gating=True, train_img_s=dict(median=3.0), infer_img_s=dict(median=3.0))]  # a lever row
     p = tmp_path / 'b.json'
     p.write_text(json.dumps(dict(results=rows)))
     got = R.load_measured_json(str(p), 'bf16', True, 'fft')

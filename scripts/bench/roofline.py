@@ -184,7 +184,8 @@ def analyse(trace: Dict[str, Any], gpu: Dict[str, Any], tf32: bool = True) -> Di
 
 # -------------------------------------------------------------------------------------------- measured
 def load_measured_json(path: str, dtype: str, channels_last: bool, gf_impl: str) -> Dict[str, Dict[str, float]]:
-    """{model: {'train': img/s, 'infer': img/s}} from a ``benchmark.py --json`` file (eager rows only)."""
+    """{model: {'train': img/s, 'infer': img/s}} from a ``benchmark.py --json`` file: eager rows of the default path
+    (no checkpointing, no opt-in lever; the bound is the default path's)."""
     try:
         with open(path) as f:
             res = json.load(f)
@@ -196,7 +197,7 @@ def load_measured_json(path: str, dtype: str, channels_last: bool, gf_impl: str)
             continue
         if bool(r.get('channels_last')) != channels_last or r.get('grad_checkpointing', 'off') != 'off':
             continue
-        if r.get('gf_impl') not in (None, gf_impl):
+        if r.get('gf_impl') not in (None, gf_impl) or r.get('fused_gating') or r.get('triton_dwconv'):
             continue
         m = out.setdefault(r['model'], {})
         for what in ('train', 'infer'):
