@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
-"""The summary of a ``scripts/gpu_suite.sh`` run: one markdown file and one JSON from the suite's JSON files.
+"""The summary of a ``scripts/bench/gpu_suite.sh`` run: one markdown file and one JSON from the suite's JSON files.
 
     python scripts/bench/gpu_report.py OUT_DIR     # writes OUT_DIR/summary.md and OUT_DIR/summary.json
 
 Reads what the suite wrote into OUT_DIR (every file is optional; a missing one becomes a note): eager.json and
 compiled*.json (``benchmark.py``: throughput, peak memory, paired ratios, profile), levers.json (the opt-in
 levers and the default path; with eager.json's gf_impl rows: each lever's ratio to the default), orig_own.json (the
-original code in its own setting), mem_hornet.json / mem_convnext.json (HorNet-L and ConvNeXt-L at batch 32), roofline.json
-(``roofline.py``). Ratios are paired: each repeat's img/s over the other case's img/s in the same repeat, median
+original code in its own setting), mem_hornet.json / mem_convnext.json (HorNet-L and ConvNeXt-L at batch 32),
+roofline.json (``roofline.py``). Ratios are paired: each repeat's img/s over the other case's img/s in the same repeat, median
 over repeats; cases in different processes (the memory runs) are compared by their medians.
 """
 from __future__ import annotations
@@ -295,7 +295,7 @@ def build(out_dir: str) -> Tuple[str, Dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1 or not os.path.isdir(argv[0]):
-        print('usage: gpu_report.py OUT_DIR (a folder written by scripts/gpu_suite.sh)', file=sys.stderr)
+        print('usage: gpu_report.py OUT_DIR (a folder written by scripts/bench/gpu_suite.sh)', file=sys.stderr)
         return 2
     md, summary = build(argv[0])
     with open(os.path.join(argv[0], 'summary.md'), 'w') as f:
