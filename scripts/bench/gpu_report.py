@@ -7,8 +7,8 @@ Reads what the suite wrote into OUT_DIR (every file is optional; a missing one b
 compiled*.json (``benchmark.py``: throughput, peak memory, paired ratios, profile), levers.json (the opt-in
 levers and the default path; with eager.json's gf_impl rows: each lever's ratio to the default), orig_own.json (the
 original code in its own setting), mem_hornet.json / mem_convnext.json (HorNet-L and ConvNeXt-L at batch 32),
-roofline.json (``roofline.py``). Ratios are paired: each repeat's img/s over the other case's img/s in the same repeat, median
-over repeats; cases in different processes (the memory runs) are compared by their medians.
+roofline.json (``roofline.py``). Ratios are paired: each repeat's img/s over the other case's img/s in the same
+repeat, median over repeats; cases in different processes (the memory runs) are compared by their medians.
 """
 from __future__ import annotations
 
