@@ -9,7 +9,7 @@ Use it from any test module with::
         job = executor.submit(some_module_level_function)   # importable by the job process
         ...
 
-The fixture runs ``scripts/slurm_local.py start`` in a temporary directory (installing the Debian
+The fixture runs ``tests/slurm_local.py start`` in a temporary directory (installing the Debian
 packages on first use), yields a :class:`SlurmCluster`, and runs ``slurm_local.py stop`` at the end of
 the session. While it is active, ``os.environ`` has ``SLURM_CONF`` (so submitit's sbatch/sacct/scancel
 calls reach this cluster) and the repository root prepended to ``PYTHONPATH`` (so job processes, which
@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "scripts" / "slurm_local.py"
+SCRIPT = REPO / "tests" / "slurm_local.py"
 EX_NOT_POSSIBLE = 2  # not root / no apt-get (slurm_local.py exit status)
 EX_NETWORK = 75  # package install failed for lack of network
 

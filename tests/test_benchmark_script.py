@@ -1,4 +1,6 @@
-"""scripts/benchmark.py end to end on CPU, at tiny settings (each test runs the real script once)."""
+"""scripts/benchmark.py end to end on CPU, at tiny settings (each test runs the real script once).
+
+The script imports the checkout as a package (``pip install -e .``); here PYTHONPATH gives it the same."""
 import json
 import os
 import subprocess
@@ -8,10 +10,12 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark.py')
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
 
 
 def _run(*args, timeout=120):
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env=ENV)
 
 
 def _positive_stats(s):
@@ -122,31 +126,32 @@ def test_profile_gives_top_ops_and_launches_per_step_in_json_and_markdown(tmp_pa
     assert [o['self_cpu_ms'] for o in p['ops']] == sorted((o['self_cpu_ms'] for o in p['ops']), reverse=True)
     text = md.read_text()
     assert '**Profile of one training step, hornet_micro_7x7 bf16 cl**' in text
-    assert '| op | calls | self CPU ms | share of CPU time |' in text and text == proc.stdout[proc.stdout.index('| model'):]
+    assert '| op | calls | self CPU ms | share of CPU time |' in text
+    assert text == proc.stdout[proc.stdout.index('| model'):]
 
 
 def test_gpu_profile_tables_from_profiler_events():
     """The CUDA branch on CPU: real FunctionEvent objects as torch.profiler builds them for kernels."""
-    import sys
     from torch.autograd import DeviceType
     from torch.autograd.profiler_util import FunctionEvent
-    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-    import benchmark
+
+    from scripts.bench import profiling
 
     def ev(i, name, start, end, dev=DeviceType.CPU):
         return FunctionEvent(id=i, name=name, thread=0, start_us=start, end_us=end, use_device='cuda',
                              device_type=dev)
 
     mm, add, view = ev(1, 'aten::mm', 0, 10), ev(2, 'aten::add', 10, 15), ev(3, 'aten::view', 15, 16)
-    k1, k2, k3 = (ev(4, 'sm90_xmma_gemm_bf16', 2, 62, DeviceType.CUDA), ev(5, 'elementwise_kernel', 62, 82, DeviceType.CUDA),
+    k1, k2, k3 = (ev(4, 'sm90_xmma_gemm_bf16', 2, 62, DeviceType.CUDA),
+                  ev(5, 'elementwise_kernel', 62, 82, DeviceType.CUDA),
                   ev(6, 'elementwise_kernel', 90, 110, DeviceType.CUDA))
     cp = ev(7, 'Memcpy HtoD (Pageable -> Device)', 120, 121, DeviceType.CUDA)
-    p = benchmark.summarize_profile([mm, add, view, k1, k2, k3, cp], cuda=True, wall_ms=0.2, top=5)
+    p = profiling.summarize_profile([mm, add, view, k1, k2, k3, cp], cuda=True, wall_ms=0.2, top=5)
     assert p['launches'] == 3 and p['memcpy_memset'] == 1 and p['aten_ops'] == 3
     assert [k['kernel'] for k in p['kernels'][:2]] == ['sm90_xmma_gemm_bf16', 'elementwise_kernel']
     gemm, elt = p['kernels'][:2]
     assert gemm['ms'] == pytest.approx(0.060) and elt['calls'] == 2 and elt['ms'] == pytest.approx(0.040)
     assert p['kernel_ms'] == pytest.approx(0.101) and p['busy'] == pytest.approx(0.101 / 0.2)
-    md = benchmark.format_profile('x', p)
+    md = profiling.format_profile('x', p)
     assert '| kernel | calls | CUDA ms | share | avg us |' in md and '`sm90_xmma_gemm_bf16`' in md
     assert '3 launches' in md and 'self CUDA ms' in md

@@ -1,11 +1,12 @@
-"""scripts/gpu_suite.sh's command line and scripts/gpu_report.py's tables and target checks (no GPU, no model runs).
+"""scripts/bench/gpu_suite.sh's command line and gpu_report.py's tables and target checks (no GPU, no model runs).
 
-The suite itself is exercised end to end by ``bash scripts/gpu_suite.sh OUT --smoke`` (a few minutes on a CPU, too
+The suite itself is exercised end to end by ``bash scripts/bench/gpu_suite.sh OUT --smoke`` (minutes on a CPU, too
 slow for the test suite); here: its argument handling, and the report built from JSON files shaped like
 ``benchmark.py --json`` and ``roofline.py --json`` output.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -13,21 +14,20 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+from scripts.bench import gpu_report
 
-import gpu_report  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUITE = os.path.join(ROOT, 'scripts', 'bench', 'gpu_suite.sh')
 
 
 def test_suite_help_and_argument_errors(tmp_path):
-    script = os.path.join(ROOT, 'scripts', 'gpu_suite.sh')
-    proc = subprocess.run(['bash', script, '--help'], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(['bash', SUITE, '--help'], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0 and '--smoke' in proc.stdout and 'ORIG_HORNET' in proc.stdout
-    proc = subprocess.run(['bash', script], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(['bash', SUITE], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and 'usage' in proc.stderr
-    proc = subprocess.run(['bash', script, str(tmp_path), '--bogus'], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(['bash', SUITE, str(tmp_path), '--bogus'], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2 and 'unknown option --bogus' in proc.stderr
-    proc = subprocess.run(['bash', '-n', script], capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(['bash', '-n', SUITE], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
 
 
@@ -98,15 +98,14 @@ def test_report_of_an_empty_folder_says_what_is_missing(tmp_path):
 def test_dry_run_fits_the_eight_minute_budget_in_the_worst_case(tmp_path, original):
     """DRY_RUN=1: every step is assumed to take its whole time limit; the run must still end inside 8 minutes."""
     import re
-    script = os.path.join(ROOT, 'scripts', 'gpu_suite.sh')
-    args = ['bash', script, str(tmp_path)] + (['--original', '/nonexistent/hornet.py'] if original else [])
+    args = ['bash', SUITE, str(tmp_path)] + (['--original', '/nonexistent/hornet.py'] if original else [])
     proc = subprocess.run(args, capture_output=True, text=True, timeout=60, env=dict(os.environ, DRY_RUN='1'))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     total = int(re.search(r'worst case total: (\d+)s', proc.stdout).group(1))
     assert total + 15 <= 480  # + the report
     steps = re.findall(r'\[dry run\] (\w+): up to (\d+)s \(SIGTERM', proc.stdout)
     names = [n for n, _ in steps]
-    assert names[:3] == ['eager', 'mem_hornet', 'mem_convnext'] and 'compiled' in names
+    assert names[:4] == ['eager', 'levers', 'mem_hornet', 'mem_convnext'] and 'compiled' in names
     assert ('orig_own' in names) == original
     assert all(int(s) >= 30 for _, s in steps)
     eager = next(line for line in proc.stdout.splitlines() if line.startswith('[dry run] eager'))
@@ -114,16 +113,23 @@ def test_dry_run_fits_the_eight_minute_budget_in_the_worst_case(tmp_path, origin
                  'hornet_tiny_7x7 hornet_tiny_gf convnext_tiny', '--gf_impl'):
         assert flag in eager
     assert ('orig:hornet_tiny_gf' in eager) == original
+    assert '--gf_impl fft matmul kron' in eager  # the kron lever, paired with fft in the same process
+    levers = next(line for line in proc.stdout.splitlines() if line.startswith('[dry run] levers'))
+    for flag in ('--models hornet_tiny_7x7 --baseline hornet_tiny_7x7', '--fused_gating off on',
+                 '--triton_dwconv off on', '--dtype bf16', '--channels_last on', '--batch_size 128', '--profile'):
+        assert flag in levers
 
 
 def test_environment_check_step_passes_here(tmp_path):
-    """--check runs the suite's step 0 for real: imports, the model names and the gf_impl choices."""
-    script = os.path.join(ROOT, 'scripts', 'gpu_suite.sh')
-    proc = subprocess.run(['bash', script, str(tmp_path), '--check', '--smoke'], capture_output=True, text=True,
+    """--check runs the suite's step 0 for real: imports, the model names, the gf_impl choices, the lever flags and
+    whether the Triton kernel can run (in smoke mode on the CPU: under TRITON_INTERPRET=1)."""
+    proc = subprocess.run(['bash', SUITE, str(tmp_path), '--check', '--smoke'], capture_output=True, text=True,
                           timeout=180, env=dict(os.environ, PY=sys.executable))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert 'environment check passed' in proc.stdout and 'gf_impl choices: fft matmul' in proc.stdout
+    assert 'environment check passed' in proc.stdout and 'gf_impl choices: fft matmul kron' in proc.stdout
+    has_triton = importlib.util.find_spec('triton') is not None
+    assert ('triton: ok' in proc.stdout) == has_triton, proc.stdout[-3000:]
     assert (tmp_path / 'suite.json').exists()
-    proc = subprocess.run(['bash', script, str(tmp_path), '--check'], capture_output=True, text=True, timeout=180,
+    proc = subprocess.run(['bash', SUITE, str(tmp_path), '--check'], capture_output=True, text=True, timeout=180,
                           env=dict(os.environ, PY=sys.executable))  # the GPU model names are known here too
     assert proc.returncode == 0 and 'environment check passed' in proc.stdout, proc.stdout[-3000:]

@@ -1,4 +1,5 @@
-"""scripts/roofline.py: CUDA autocast emulated on CPU, per-op bytes and FLOPs, the bound, attribution, the CLI."""
+"""scripts/bench/roofline.py (and roofline_trace.py): CUDA autocast emulated on CPU, per-op bytes and FLOPs, the
+bound, attribution, the CLI."""
 from __future__ import annotations
 
 import json
@@ -12,16 +13,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+from scripts.bench import roofline as R
+from scripts.bench import roofline_trace as RT
 
-import roofline as R  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, 'scripts', 'bench', 'roofline.py')
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get('PYTHONPATH')) if p))
 
 
 def test_cuda_autocast_policy_is_emulated_on_cpu_and_removed_afterwards():
     x = torch.randn(4, 8, dtype=torch.bfloat16, requires_grad=True)
     w = torch.randn(16, 8, requires_grad=True)
-    with R.CudaAutocastOnCPU(), torch.autocast('cpu', dtype=torch.bfloat16):
+    with RT.CudaAutocastOnCPU(), torch.autocast('cpu', dtype=torch.bfloat16):
         assert F.layer_norm(x, (8,)).dtype == torch.float32          # CUDA: fp32 list (CPU: input dtype)
         assert x.sum().dtype == torch.float32                          # CUDA: fp32_set_opt_dtype
         assert torch.softmax(x, -1).dtype == torch.float32
@@ -42,7 +45,7 @@ def test_cuda_autocast_policy_is_emulated_on_cpu_and_removed_afterwards():
 def test_bytes_and_flops_of_a_linear_layer_are_exact():
     lin = nn.Linear(64, 32)
     x = torch.randn(8, 64, requires_grad=True)
-    rec = R.OpRecorder()
+    rec = RT.OpRecorder()
     with rec:
         lin(x).sum().backward()
     by_op = {}
@@ -62,7 +65,7 @@ def test_bytes_and_flops_of_a_linear_layer_are_exact():
 def test_depthwise_conv_flops_count_groups_in_every_gradient():
     x = torch.randn(2, 6, 10, 10, requires_grad=True)
     w = torch.randn(6, 1, 7, 7, requires_grad=True)
-    rec = R.OpRecorder()
+    rec = RT.OpRecorder()
     with rec:
         F.conv2d(x, w, padding=3, groups=6).sum().backward()
     fwd = next(r for r in rec.records if r['op'] == 'convolution')
@@ -80,7 +83,7 @@ def test_strided_channel_slice_into_a_convolution_records_the_copy_cudnn_makes()
     x = torch.randn(2, 8, 8, 12)  # NHWC storage; a channel slice of it is dense in neither layout
     sl = x[..., 4:].permute(0, 3, 1, 2)
     w = torch.randn(8, 1, 3, 3)
-    rec = R.OpRecorder()
+    rec = RT.OpRecorder()
     with rec:
         F.conv2d(sl, w, padding=1, groups=8)
     ops = [r['op'] for r in rec.records]
@@ -109,7 +112,7 @@ def test_module_patterns_and_blocks():
 
 
 def test_training_step_of_a_model_is_traced_on_fake_tensors_with_modules_and_cuda_dtypes():
-    tr = R.trace_step('hornet_micro_7x7', batch=4, input_size=64, dtype='bf16', channels_last=True)
+    tr = RT.trace_step('hornet_micro_7x7', batch=4, input_size=64, dtype='bf16', channels_last=True)
     recs = tr['records']
     assert {r['phase'] for r in recs} == {'fwd', 'bwd', 'opt'}
     assert [r['op'] for r in recs if r['phase'] == 'opt'].count('_fused_adamw_') == 1
@@ -128,7 +131,7 @@ def test_training_step_of_a_model_is_traced_on_fake_tensors_with_modules_and_cud
     assert sum(k['share'] for k in a['kinds']) == pytest.approx(1.0)
     assert t['bound_s'] >= max(t['all_bytes_s'] * 0, t['all_flops_tensor_s'])  # never below the FLOP bound
     assert t['bound_s'] >= t['all_bytes_s'] * (t['memory_bound_s'] / t['bound_s']) - 1e-12
-    infer = R.trace_step('hornet_micro_7x7', batch=4, input_size=64, dtype='bf16', channels_last=True, what='infer')
+    infer = RT.trace_step('hornet_micro_7x7', batch=4, input_size=64, dtype='bf16', channels_last=True, what='infer')
     fwd_flops = sum(r['flops'] for r in infer['records'] if r['unit'] == 'tensor')
     train_flops = sum(r['flops'] for r in recs if r['unit'] == 'tensor')
     assert 2.9 * fwd_flops < train_flops <= 3.0 * fwd_flops  # backward = 2x forward, but no grad for the image
@@ -143,7 +146,9 @@ def test_measured_rows_come_from_benchmark_json(tmp_path):
             dict(model='g', dtype='bf16', channels_last=True, compile=False, gf_impl='matmul', error=None,
                  train_img_s=dict(median=2.0), infer_img_s=dict(median=2.0)),
             dict(model='g', dtype='bf16', channels_last=True, compile=False, gf_impl='fft', error=None,
-                 train_img_s=dict(median=50.0), infer_img_s=dict(median=None))]
+                 train_img_s=dict(median=50.0), infer_img_s=dict(median=None)),
+            dict(model='m', dtype='bf16', channels_last=True, compile=False, gf_impl=None, error=None,
+                 fused_gating=True, train_img_s=dict(median=3.0), infer_img_s=dict(median=3.0))]  # a lever row
     p = tmp_path / 'b.json'
     p.write_text(json.dumps(dict(results=rows)))
     got = R.load_measured_json(str(p), 'bf16', True, 'fft')
@@ -154,10 +159,10 @@ def test_measured_rows_come_from_benchmark_json(tmp_path):
 
 def test_cli_writes_json_and_markdown_with_measured_over_bound(tmp_path):
     out, md = tmp_path / 'r.json', tmp_path / 'r.md'
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'roofline.py'), '--models',
+    proc = subprocess.run([sys.executable, SCRIPT, '--models',
                            'hornet_micro_7x7', '--batch_size', '2', '--input_size', '64', '--gpu', 'a100',
                            '--measured', 'hornet_micro_7x7=100:400', '--json', str(out), '--markdown', str(md)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert res['settings']['gpu'] == 'a100' and res['gpu']['bw'] == R.GPUS['a100']['bw']
@@ -170,6 +175,6 @@ def test_cli_writes_json_and_markdown_with_measured_over_bound(tmp_path):
         assert math.isclose(meas['gap_per_op_us'], 1e6 * (meas['step_s'] - a['totals']['bound_s']) / a['totals']['ops'])
     text = md.read_text()
     assert '| hornet_micro_7x7 | train |' in text and 'measured / bound' in text and 'Blocks by stage' in text
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'roofline.py'), '--models', 'hornet_tiny_7xx'],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, SCRIPT, '--models', 'hornet_tiny_7xx'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=ENV)
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr and 'unknown model' in proc.stderr

@@ -1,28 +1,33 @@
 #!/usr/bin/env bash
 # The GPU target table of the speed issue in one command: about 8 minutes on one H200.
 #
-#   bash scripts/gpu_suite.sh OUT_DIR [--original PATH/TO/original/hornet.py] [--smoke] [--check]
+#   bash scripts/bench/gpu_suite.sh OUT_DIR [--original PATH/TO/original/hornet.py] [--smoke] [--check]
 #
-# --check: only step 0 (imports, model names, gf_impl choices, no tensorboardX needed), then exit 0 or 1.
+# --check: only step 0 (imports, model names, gf_impl choices, lever flags, triton, no tensorboardX needed), then
+# exit 0 or 1.
 #
 # Runs, all bf16 autocast, channels_last, batch 128, 224 px, torch's fused AdamW (scripts/benchmark.py; every
 # training step = forward, backward, optimizer step; ratios paired within a run):
-#   1. eager: HorNet-T 7x7, HorNet-T GF with every gf_impl this checkout has, timm ConvNeXt-T, and the original
-#      release's HorNet-T 7x7 and GF (when --original / ORIG_HORNET is given), training and inference, peak memory;
-#      then the profile of one training step per case (top kernels by CUDA time, kernel launches per step);
+#   1. eager: HorNet-T 7x7, HorNet-T GF with every gf_impl this checkout has (the kron lever against fft), timm
+#      ConvNeXt-T, and the original release's HorNet-T 7x7 and GF (when --original / ORIG_HORNET is given),
+#      training and inference, peak memory; then the profile of one training step per case (top kernels by CUDA
+#      time, kernel launches per step);
+#   1b. the opt-in levers on HorNet-T 7x7, each against the default path in the same process: fused gating, the
+#      Triton depthwise conv (skipped with a note where triton cannot run) and both; training, inference, profile;
 #   2. HorNet-L at batch 32 with no / full / selective checkpointing, ConvNeXt-L with none / full (one process each);
 #   3. the original code in its own setting (fp16, NCHW) against ours in the same setting (needs the original);
 #   4. torch.compile (default mode): HorNet-T 7x7 against ConvNeXt-T, training and inference;
 #   5. if time is left: mode reduce-overhead (CUDA graphs), then torch.compile of HorNet-T GF (each gf_impl);
-#   6. the roofline bound (scripts/roofline.py, CPU only, run beside step 4) with this run's eager numbers;
-#   7. scripts/gpu_report.py: OUT_DIR/summary.md (the tables and the targets) and summary.json.
+#   6. the roofline bound (scripts/bench/roofline.py, CPU only, run beside step 4) with this run's eager numbers;
+#   7. scripts/bench/gpu_report.py: OUT_DIR/summary.md (the tables, each lever's ratio to the default path, the
+#      targets) and summary.json.
 # Every step has a time limit (benchmark.py --time_limit, then `timeout`); a step that runs out keeps what it
-# measured. OUT_DIR also gets each run's JSON and markdown, env.txt and suite.log (all output), about 17 files:
+# measured. OUT_DIR also gets each run's JSON and markdown, env.txt and suite.log (all output), about 19 files:
 # pack it (tar czf suite.tgz -C OUT_DIR .) where only a few files can be copied back.
 #
 # Environment:
 #   ORIG_HORNET  the original release's hornet.py (as --original). Absent: its rows are skipped, with a note.
-#   PY           python to use (default python3).
+#   PY           python to use (default python3). The repository goes on PYTHONPATH (no install needed).
 #   WHEELS       folder of wheels to install first (pip --target /tmp/site, then PYTHONPATH); default .whl when it
 #                holds any. The lent H200 has torch 2.11 and its own timm; nothing here needs tensorboardX.
 #   BUDGET_S     seconds for the whole run (default 470).
@@ -31,11 +36,13 @@
 #   DRY_RUN=1    print each step's command and time limit without running anything, as if every step used its
 #                whole limit (the worst case): checks that the budget holds.
 #   SMOKE=1      as --smoke: the same steps on the CPU at tiny sizes (batch 1, 64 px, hornet_micro_7x7 and
-#                convnext_atto for every model, the compile path through torch.compile's 'eager' backend), to catch
-#                argument and import errors before a GPU run; 2-3 minutes on a 2-core machine.
+#                convnext_atto for every model, the compile path through torch.compile's 'eager' backend, the
+#                Triton lever under TRITON_INTERPRET=1, training only), to catch argument and import errors before
+#                a GPU run; 4-6 minutes on a 2-core machine.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPO=$(pwd)
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"  # scripts.bench, models, errors: importable without an install
 
 OUT=""; SMOKE=${SMOKE:-0}; ORIG=${ORIG_HORNET:-}; DRY=${DRY_RUN:-0}; CHECK=0
 while [ $# -gt 0 ]; do
@@ -50,7 +57,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
-if [ -z "$OUT" ]; then echo "usage: bash scripts/gpu_suite.sh OUT_DIR [--original hornet.py] [--smoke]" >&2; exit 2; fi
+if [ -z "$OUT" ]; then
+  echo "usage: bash scripts/bench/gpu_suite.sh OUT_DIR [--original hornet.py] [--smoke]" >&2; exit 2
+fi
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
 exec > >(tee -a "$OUT/suite.log") 2>&1
@@ -68,51 +77,69 @@ if [ "$SMOKE" = 1 ]; then
   DEV=cpu; BS=1; RES=64; R=1; IT=1; WU=1; PROF=8; MR=1; MI=1; CR=1
   T7=hornet_micro_7x7; TGF=""; CNX=convnext_atto; HL=hornet_micro_7x7; CL=convnext_atto; MB=1
   CB=(--compile_backend eager); RL_MODELS="hornet_micro_7x7 convnext_atto"
+  # the interpreted Triton kernel takes ~20 s per training step here: train only, no warm-up, no profile
+  LEVER_CAP=240; LEVER_ARGS=(--what train --warmup 0 --profile 0)
 else
   DEV=cuda; BS=128; RES=224; R=5; IT=3; WU=2; PROF=30; MR=3; MI=2; CR=3
   T7=hornet_tiny_7x7; TGF=hornet_tiny_gf; CNX=convnext_tiny; HL=hornet_large_7x7; CL=convnext_large; MB=32
   CB=(); RL_MODELS="hornet_tiny_7x7 hornet_tiny_gf convnext_tiny"
+  LEVER_CAP=75; LEVER_ARGS=(--warmup "$WU" --profile "$PROF")
 fi
 
 step "0 environment"
 if [ "$DRY" = 1 ]; then
-  GFI="fft matmul"; rc=0
+  GFI="fft matmul kron"; TRITON=ok; rc=0
   echo "dry run: nothing is executed; every step is assumed to use its whole time limit"
 elif [ "$DEV" = cuda ]; then
   WHEELS=${WHEELS:-.whl}
   if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "$WHEELS"/*.whl \
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+      "$WHEELS"/*.whl \
       && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || note "installing the wheels in $WHEELS failed"
   fi
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$OUT/env.txt" 2>&1
 fi
-# imports, model names and the gf_impl choices benchmark.py accepts; benchmark.py and roofline.py must not need
-# tensorboardX (the lent GPU machine has none)
+# imports, model names, the gf_impl choices and lever flags benchmark.py accepts, and whether triton can run (stdout
+# line 1: the gf_impls; line 2: "ok" or why not); benchmark.py and roofline.py must not need tensorboardX (the lent
+# GPU machine has none)
 check_env() {
-  $PY - "$T7" "$TGF" "$CNX" "$HL" "$CL" <<'EOF' 2>>"$OUT/env.txt"
+  $PY - "$DEV" "$T7" "$TGF" "$CNX" "$HL" "$CL" <<'EOF' 2>>"$OUT/env.txt"
 import sys
-sys.path[:0] = ['.', 'scripts']
 import torch, timm
-import benchmark, roofline  # noqa: F401
+from scripts.bench import cli, common, roofline  # noqa: F401
 assert 'tensorboardX' not in sys.modules, 'benchmark.py/roofline.py import tensorboardX'
-benchmark.check_models([m for m in sys.argv[1:] if m], None)
+common.check_models([m for m in sys.argv[2:] if m], None)
 import models.hornet as h
 impls = []
 for impl in getattr(h, 'GF_IMPLS', ('fft', 'matmul')):
     try:
-        benchmark.parse_args(['--gf_impl', impl])
+        cli.parse_args(['--gf_impl', impl])
         impls.append(impl)
     except SystemExit:
         print(f'gf_impl {impl}: models has it, benchmark.py --gf_impl does not accept it', file=sys.stderr)
+cli.parse_args([f'--{lv}=off' for lv in common.LEVERS])  # every lever has its flag
+try:
+    common.check_triton_dwconv(torch.device(sys.argv[1]))
+    triton = 'ok'
+except common.UserError as e:
+    triton = str(e)
 print(f'torch {torch.__version__} cuda {torch.version.cuda} timm {timm.__version__} python {sys.version.split()[0]} '
-      f'device {torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}', file=sys.stderr)
+      f'device {torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}; triton: {triton}',
+      file=sys.stderr)
 print(' '.join(impls))
+print(triton)
 EOF
 }
-if [ "$DRY" != 1 ]; then GFI=$(check_env); rc=$?; fi
+if [ "$DRY" != 1 ]; then
+  # smoke (CPU): the Triton kernel runs under its interpreter (set before triton is first imported)
+  [ "$SMOKE" = 1 ] && export TRITON_INTERPRET=1
+  ENV_OUT=$(check_env); rc=$?
+  GFI=$(sed -n 1p <<< "$ENV_OUT"); TRITON=$(sed -n 2p <<< "$ENV_OUT")
+fi
 touch "$OUT/env.txt"; cat "$OUT/env.txt"
 if [ $rc -ne 0 ] || [ -z "$GFI" ]; then echo "error: the environment check failed (see above)"; exit 1; fi
 echo "gf_impl choices: $GFI"
+echo "triton: $TRITON"
 GIT=${SUITE_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 cat > "$OUT/suite.json" <<EOF
 {"commit": "$GIT", "smoke": $([ "$SMOKE" = 1 ] && echo true || echo false), "device": "$DEV", "batch_size": $BS,
@@ -126,7 +153,8 @@ if [ -n "$ORIG" ] && { [ -f "$ORIG" ] || [ "$DRY" = 1 ]; }; then
   ORIG_ARGS=(--original "$ORIG"); ORIG_MODELS="orig:hornet_tiny_7x7 orig:hornet_tiny_gf"
   [ "$SMOKE" = 1 ] && ORIG_MODELS="orig:hornet_tiny_7x7"
 else
-  note "original code rows skipped: no original hornet.py (give --original PATH or ORIG_HORNET=PATH)${ORIG:+; $ORIG is not a file}"
+  why=${ORIG:+; $ORIG is not a file}
+  note "original code rows skipped: no original hornet.py (give --original PATH or ORIG_HORNET=PATH)$why"
 fi
 B=($PY scripts/benchmark.py --device "$DEV" --input_size "$RES")
 
@@ -151,19 +179,25 @@ run_bench() {
 
 step "1 eager: HorNet-T 7x7 / GF (gf_impl: $GFI) / ConvNeXt-T ${ORIG_MODELS:+/ original}, train + infer, profile"
 # shellcheck disable=SC2086
-run_bench eager 160 290 --models $T7 $TGF $CNX $ORIG_MODELS "${ORIG_ARGS[@]}" --baseline "$CNX" \
+run_bench eager 150 290 --models $T7 $TGF $CNX $ORIG_MODELS "${ORIG_ARGS[@]}" --baseline "$CNX" \
   --dtype bf16 --channels_last on --gf_impl $GFI --batch_size "$BS" --repeats "$R" --iters "$IT" --warmup "$WU" \
   --profile "$PROF" ${EXTRA_EAGER:-}
 
+step "1b levers on $T7, each against the default path in this process: fused gating, Triton depthwise conv, both"
+TRITON_LEVER=(--triton_dwconv off on)
+if [ "$TRITON" != ok ]; then TRITON_LEVER=(); note "Triton depthwise conv lever skipped: $TRITON"; fi
+run_bench levers "$LEVER_CAP" 230 --models "$T7" --baseline "$T7" --fused_gating off on "${TRITON_LEVER[@]}" \
+  --dtype bf16 --channels_last on --batch_size "$BS" --repeats "$R" --iters "$IT" "${LEVER_ARGS[@]}"
+
 step "2 memory at batch $MB: $HL none/full/selective, $CL none/full (one process per model)"
-run_bench mem_hornet 70 230 --models "$HL" --grad_checkpointing off on selective --dtype bf16 --batch_size "$MB" \
+run_bench mem_hornet 70 160 --models "$HL" --grad_checkpointing off on selective --dtype bf16 --batch_size "$MB" \
   --repeats "$MR" --iters "$MI" --warmup 1 --what train
-run_bench mem_convnext 45 190 --models "$CL" --grad_checkpointing off on --dtype bf16 --batch_size "$MB" \
+run_bench mem_convnext 45 120 --models "$CL" --grad_checkpointing off on --dtype bf16 --batch_size "$MB" \
   --repeats "$MR" --iters "$MI" --warmup 1 --what train
 
 if [ -n "$ORIG_MODELS" ]; then
   step "3 the original code in its own setting (fp16, NCHW) against ours in the same setting"
-  run_bench orig_own 40 160 --models "$T7" orig:hornet_tiny_7x7 "${ORIG_ARGS[@]}" --baseline orig:hornet_tiny_7x7 \
+  run_bench orig_own 40 80 --models "$T7" orig:hornet_tiny_7x7 "${ORIG_ARGS[@]}" --baseline orig:hornet_tiny_7x7 \
     --dtype fp16 --channels_last off --batch_size "$BS" --repeats "$CR" --iters "$IT" --warmup 1 --what train
 fi
 
@@ -171,7 +205,7 @@ step "6 (background) roofline bound on the CPU, while step 4 compiles"
 RL_PID=""
 if [ "$DRY" != 1 ]; then
   # shellcheck disable=SC2086
-  nice -n 10 env OMP_NUM_THREADS=1 $PY scripts/roofline.py --models $RL_MODELS --batch_size "$BS" \
+  nice -n 10 env OMP_NUM_THREADS=1 $PY scripts/bench/roofline.py --models $RL_MODELS --batch_size "$BS" \
     --input_size "$RES" --dtype bf16 --gpu h200 --json "$OUT/roofline.json" --markdown "$OUT/roofline.md" \
     > "$OUT/roofline.log" 2>&1 &
   RL_PID=$!
@@ -210,6 +244,6 @@ fi
 
 step "7 summary"
 if [ "$DRY" = 1 ]; then echo "[dry run] worst case total: ${SECONDS}s + the report"; exit 0; fi
-$PY scripts/gpu_report.py "$OUT" || echo "error: the report failed"
+$PY scripts/bench/gpu_report.py "$OUT" || echo "error: the report failed"
 echo "=== done in ${SECONDS}s; files in $OUT:"
 ls "$OUT"

@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""The summary of a ``scripts/gpu_suite.sh`` run: one markdown file and one JSON from the suite's JSON files.
+"""The summary of a ``scripts/bench/gpu_suite.sh`` run: one markdown file and one JSON from the suite's JSON files.
 
-    python scripts/gpu_report.py OUT_DIR        # writes OUT_DIR/summary.md and OUT_DIR/summary.json
+    python scripts/bench/gpu_report.py OUT_DIR     # writes OUT_DIR/summary.md and OUT_DIR/summary.json
 
 Reads what the suite wrote into OUT_DIR (every file is optional; a missing one becomes a note): eager.json and
-compiled*.json (``benchmark.py``: throughput, peak memory, paired ratios, profile), orig_own.json (the original
-code in its own setting), mem_hornet.json / mem_convnext.json (HorNet-L and ConvNeXt-L at batch 32), roofline.json
-(``roofline.py``). Ratios are paired: each repeat's img/s over the other case's img/s in the same repeat, median
-over repeats; cases in different processes (the memory runs) are compared by their medians.
+compiled*.json (``benchmark.py``: throughput, peak memory, paired ratios, profile), levers.json (the opt-in
+levers and the default path; with eager.json's gf_impl rows: each lever's ratio to the default), orig_own.json (the
+original code in its own setting), mem_hornet.json / mem_convnext.json (HorNet-L and ConvNeXt-L at batch 32),
+roofline.json (``roofline.py``). Ratios are paired: each repeat's img/s over the other case's img/s in the same
+repeat, median over repeats; cases in different processes (the memory runs) are compared by their medians.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def _med(row: Optional[Dict[str, Any]], what: str) -> Optional[float]:
     return (row.get(f'{what}_img_s') or {}).get('median')
 
 
-def _paired(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]], what: str) -> Optional[Tuple[float, float, float]]:
+def _paired(a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]], what: str
+            ) -> Optional[Tuple[float, float, float]]:
     """(median, min, max) of a/b per repeat (same process, same rounds); None if either has no numbers."""
     if not a or not b or a.get('error') or b.get('error'):
         return None
@@ -51,7 +53,7 @@ def _find(res: Optional[Dict[str, Any]], model: str, **key: Any) -> Optional[Dic
     """The row of ``model`` matching ``key``; among several, the suite's setting (bf16, channels_last) first."""
     rows = [r for r in (res or {}).get('results', [])
             if r.get('model') == model and all(r.get(k) == v for k, v in key.items())]
-    rows.sort(key=lambda r: (r.get('dtype') != 'bf16', not r.get('channels_last')))
+    rows.sort(key=lambda r: (r.get('dtype') != 'bf16', not r.get('channels_last'), bool(_levers(r))))
     return rows[0] if rows else None
 
 
@@ -78,10 +80,29 @@ def _status(value: Optional[float], goal: float, lower_is_better: bool = False) 
     return '**met**' if ok else 'not met'
 
 
+LEVER_NAMES = dict(fused_gating='fused gating', triton_dwconv='Triton dwconv')  # benchmark.py's lever flags
+
+
+def _levers(r: Dict[str, Any]) -> List[str]:
+    """The opt-in levers a row has on: a gf_impl other than fft, and every lever flag that is on."""
+    on = [f"gf_impl {r['gf_impl']}"] if r.get('gf_impl') not in (None, 'fft') else []
+    return on + [name for key, name in LEVER_NAMES.items() if r.get(key)]
+
+
+def _default_of(res: Optional[Dict[str, Any]], r: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The row of the same run with every lever at its default and all else equal (None if there is none)."""
+    same = ('model', 'dtype', 'channels_last', 'compile', 'compile_mode', 'grad_checkpointing')
+    for d in (res or {}).get('results', []):
+        if all(d.get(k) == r.get(k) for k in same) and not _levers(d):
+            return d
+    return None
+
+
 def _label(r: Dict[str, Any]) -> str:
     parts = [('original ' + r['model'][5:]) if r['model'].startswith('orig:') else r['model']]
     if r.get('gf_impl'):
         parts.append(f"gf_impl {r['gf_impl']}")
+    parts += [name for key, name in LEVER_NAMES.items() if r.get(key)]
     if r.get('dtype') != 'bf16' or not r.get('channels_last'):
         parts.append(f"{r.get('dtype')} {'channels_last' if r.get('channels_last') else 'NCHW'}")
     return ', '.join(parts)
@@ -102,6 +123,7 @@ def build(out_dir: str) -> Tuple[str, Dict[str, Any]]:
     compiled = [_load(p) for p in sorted(glob.glob(os.path.join(out_dir, 'compiled*.json')))]
     compiled = [c for c in compiled if c]
     own = _load(os.path.join(out_dir, 'orig_own.json'))
+    levers = _load(os.path.join(out_dir, 'levers.json'))
     mem_h = _load(os.path.join(out_dir, 'mem_hornet.json'))
     mem_c = _load(os.path.join(out_dir, 'mem_convnext.json'))
     roof = _load(os.path.join(out_dir, 'roofline.json'))
@@ -112,7 +134,8 @@ def build(out_dir: str) -> Tuple[str, Dict[str, Any]]:
     except OSError:
         pass
     meta = next((r['meta'] for r in [eager, *compiled, mem_h] if r), {})
-    summary: Dict[str, Any] = dict(meta=meta, suite=suite, rows=[], targets=[], memory=[], roofline=[], notes=notes)
+    summary: Dict[str, Any] = dict(meta=meta, suite=suite, rows=[], levers=[], targets=[], memory=[], roofline=[],
+                                   notes=notes)
     lines = [f"# GPU suite: {meta.get('device_name', '?')}" + (' (smoke run: tiny sizes, not a measurement)'
                                                                  if suite.get('smoke') else ''),
              '',
@@ -141,9 +164,32 @@ def build(out_dir: str) -> Tuple[str, Dict[str, Any]]:
             lines.append(f"| {row['case']} | {row['mode']} | {_fmt_s(r, 'train')} | {_fmt_s(r, 'infer')} | "
                          f"{f'{mem:.0f}' if mem else '-'} | {_fmt_ratio(tr) if r['model'] != CNX else '1'} | "
                          f"{_fmt_ratio(inf) if r['model'] != CNX else '1'} | {prof.get('launches', '-')} | "
-                         f"{f'{100 * busy:.0f}%' if busy else '-'} |" + (f" error: {r['error'][:80]}" if r.get('error') else ''))
+                         f"{f'{100 * busy:.0f}%' if busy else '-'} |"
+                         + (f" error: {r['error'][:80]}" if r.get('error') else ''))
     if not eager:
         lines.append('| (no eager.json: the eager run did not finish) |')
+
+    # ---- levers: each against the default path of the same model in the same process (paired per repeat)
+    lines += ['', '| lever | model | train img/s (lever / default) | train: lever / default | infer: lever / default '
+              '| train peak MB: lever / default | launches / step (lever / default) |', '|---|---|--:|--:|--:|--:|--:|']
+    for res in (eager, levers):
+        for r in (res or {}).get('results', []):
+            on, d = _levers(r), _default_of(res, r)
+            if not on or d is None:
+                continue
+            peak = [((x.get('memory') or {}).get('train') or {}).get('peak_mb') for x in (r, d)]
+            launches = [(x.get('profile') or {}).get('launches') for x in (r, d)]
+            item = dict(lever=' + '.join(on), model=r['model'], train=_paired(r, d, 'train'),
+                        infer=_paired(r, d, 'infer'), peak_ratio=peak[0] / peak[1] if all(peak) else None,
+                        launches=launches, error=r.get('error') or d.get('error'))
+            summary['levers'].append(item)
+            peak_s = f"{item['peak_ratio']:.2f}x" if item['peak_ratio'] else '-'
+            launch_s = ' / '.join(str(n) if n is not None else '-' for n in launches)
+            lines.append(f"| {item['lever']} | {r['model']} | {_fmt_s(r, 'train')} / {_fmt_s(d, 'train')} | "
+                         f"{_fmt_ratio(item['train'])} | {_fmt_ratio(item['infer'])} | {peak_s} | {launch_s} |"
+                         + (f" error: {item['error'][:80]}" if item['error'] else ''))
+    if not summary['levers']:
+        lines.append('| (no lever rows: no levers.json and no gf_impl rows in eager.json) |')
 
     # ---- targets
     def target(name: str, value: Optional[Tuple[float, float, float]] | Optional[float], goal: float,
@@ -249,7 +295,7 @@ def build(out_dir: str) -> Tuple[str, Dict[str, Any]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1 or not os.path.isdir(argv[0]):
-        print('usage: gpu_report.py OUT_DIR (a folder written by scripts/gpu_suite.sh)', file=sys.stderr)
+        print('usage: gpu_report.py OUT_DIR (a folder written by scripts/bench/gpu_suite.sh)', file=sys.stderr)
         return 2
     md, summary = build(argv[0])
     with open(os.path.join(argv[0], 'summary.md'), 'w') as f:

@@ -3,10 +3,10 @@
 
 Usage (as root, on Debian/Ubuntu; only the Python standard library is needed):
 
-    python scripts/slurm_local.py start  [--dir DIR] [--nodes 2] [--cpus-per-node 2] [--gpus-per-node 0]
+    python tests/slurm_local.py start  [--dir DIR] [--nodes 2] [--cpus-per-node 2] [--gpus-per-node 0]
                                          [--mem-per-node 4000] [--timeout 90]
-    python scripts/slurm_local.py status --dir DIR
-    python scripts/slurm_local.py stop   --dir DIR
+    python tests/slurm_local.py status --dir DIR
+    python tests/slurm_local.py stop   --dir DIR
 
 ``start`` installs what is missing (``apt-get install -y --no-install-recommends slurmctld slurmd
 slurm-client munge slurmdbd mariadb-server``, after one ``apt-get update`` when the package lists are
@@ -274,7 +274,7 @@ def write_configs(d: Path, nodes: int, cpus: int, gpus: int, mem: int) -> None:
     node_lines = "\n".join(
         f"NodeName={n} NodeAddr=127.0.0.1 NodeHostname={n} Port={p} CPUs={cpus} RealMemory={mem}"
         f"{gres_line} State=UNKNOWN" for n, p in zip(names, node_ports))
-    conf = f"""# written by scripts/slurm_local.py
+    conf = f"""# written by tests/slurm_local.py
 ClusterName={name}
 SlurmctldHost={hostname}(127.0.0.1)
 SlurmctldPort={ctld_port}
@@ -323,7 +323,7 @@ PartitionName=debug Nodes=n[1-{nodes}] Default=YES MaxTime=UNLIMITED State=UP Ov
 """
     (d / "slurm.conf").write_text(conf)
 
-    dbd = f"""# written by scripts/slurm_local.py
+    dbd = f"""# written by tests/slurm_local.py
 AuthType=auth/munge
 AuthInfo=socket={munge_sock}
 DbdHost=localhost

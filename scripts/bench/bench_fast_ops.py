@@ -11,12 +11,12 @@
 Timings: per-call medians over interleaved repeats (the order flips every repeat); on CPU process CPU time
 (robust to other load on the machine), on CUDA wall time between synchronisations.
 
-Usage: ``python scripts/bench_fast_ops.py [--device cpu] [--threads 1] [--batch_size 8] [--repeats 30]``
+Usage: ``python scripts/bench/bench_fast_ops.py [--device cpu] [--threads 1] [--batch_size 8] [--repeats 30]``
+(the checkout installed with ``pip install -e .``, or ``python -m scripts.bench.bench_fast_ops`` from its root)
 """
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -24,11 +24,15 @@ from typing import Callable, Dict, List
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import models  # noqa: E402,F401
-from models.fast_ops import global_filter_kron  # noqa: E402
-from models.hornet import HorBlock, global_filter_fft, global_filter_matmul  # noqa: E402
+try:
+    import models  # noqa: F401
+    from models.fast_ops import global_filter_kron
+    from models.hornet import HorBlock, global_filter_fft, global_filter_matmul
+except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed
+    if e.name != 'models':
+        raise
+    sys.exit("error: cannot import 'models': pip install -e . in the repository root "
+             "(or run python -m scripts.bench.bench_fast_ops from it)")
 
 
 def _timer(device: torch.device) -> Callable[[], float]:
