@@ -288,10 +288,16 @@ def _progress(total: Optional[int]):
 
 
 def prepare_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """The model factories' hook: for ``pretrained=True`` with a cfg URL, download it (cached, hash-checked) and
-    hand timm the local file (``pretrained_cfg_overlay['file']``), which it loads through the model's
-    ``load_pretrained`` (format conversion, ``weights_only``). A cfg without weights is a clear error.
-    ``kwargs`` are the factory's keyword arguments (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``).
+    """The model factories' hook: make timm load every weight file through the model's own ``load_pretrained``.
+
+    For ``pretrained=True`` with a cfg URL (a released file, or ``pretrained_cfg_overlay=dict(url=...)``) the file
+    is downloaded here (cached, hash-checked) and handed to timm as ``pretrained_cfg_overlay['file']``. A file
+    source always gets ``custom_load=True``, so timm calls the model's ``load_pretrained`` (safe ``weights_only``
+    load, format conversion, strict filter, ``in_chans`` adaptation, a new head for another class count) instead
+    of its own loader: timm >= 1.0.31 resets ``custom_load`` to False for an overlay ``file``/``url`` unless it is
+    set explicitly. A state dict given in memory or a Hugging Face hub source stays with timm (which applies the
+    model's ``pretrained_filter_fn``). A cfg without weights is a clear error. ``kwargs`` are the factory's keyword
+    arguments (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``).
     """
     if not pretrained:
         return kwargs
@@ -299,8 +305,14 @@ def prepare_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                  pretrained_cfg_overlay=dict(overlay))
-    if cfg.state_dict is not None or cfg.file or cfg.source in ('hf-hub', 'local-dir') or cfg.hf_hub_id:
-        return kwargs  # timm's own sources: an in-memory state dict, a local file, the Hugging Face hub
+    if cfg.state_dict is not None or cfg.source in ('hf-hub', 'local-dir'):
+        return kwargs  # timm's own sources: an in-memory state dict, the Hugging Face hub, a local folder
+    out = dict(kwargs)
+    if cfg.file:  # timm's priority: a file before a hub id or URL
+        out['pretrained_cfg_overlay'] = dict(overlay, custom_load=True)
+        return out
+    if cfg.hf_hub_id:
+        return kwargs
     if not cfg.url:
         name = f'{variant}.{cfg.tag}' if cfg.tag else variant
         released = ', '.join(dict.fromkeys(f.variant for f in RELEASED))
@@ -310,6 +322,5 @@ def prepare_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -
             f"(tags: timm.list_pretrained('hornet*'))")
     url, file_name = tuple(cfg.url) if isinstance(cfg.url, (tuple, list)) else (cfg.url, None)
     path = download_cached(url, file_name=file_name, cache=kwargs.get('cache_dir'), hint=TIMM_HINT)
-    out = dict(kwargs)
-    out['pretrained_cfg_overlay'] = dict(overlay, file=path)
+    out['pretrained_cfg_overlay'] = dict(overlay, file=path, custom_load=True)
     return out
