@@ -35,7 +35,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from .weights import IN22K_CLASSES, CheckpointError
 
 __all__ = ['ReleasedFile', 'RELEASED', 'IN22K_CLASSES', 'DownloadError', 'released_files', 'is_url',
-           'cache_dir', 'cache_file_name', 'download_cached', 'prepare_pretrained']
+           'find_released', 'default_released', 'not_a_released_name', 'cache_dir', 'cache_file_name',
+           'download_cached', 'prepare_pretrained']
 
 _logger = logging.getLogger(__name__)
 
@@ -116,11 +117,51 @@ def _build() -> Tuple[ReleasedFile, ...]:
 
 RELEASED: Tuple[ReleasedFile, ...] = _build()
 _BY_URL: Dict[str, ReleasedFile] = {f.url: f for f in RELEASED}
+_BY_NAME: Dict[str, ReleasedFile] = {f.name: f for f in RELEASED}  # '<variant>.<tag>', the default tag first
+# a '<variant>.<ext>' name with one of these is a file name (e.g. hornet_tiny_7x7.pth), never a released name
+_FILE_EXTENSIONS = ('pth', 'pt', 'bin', 'ckpt', 'safetensors', 'tar', 'pkl', 'npz', 'zip', 'onnx')
 
 
 def released_files(variant: str) -> List[ReleasedFile]:
     """The released files of ``variant``, the default (original release) first."""
     return [f for f in RELEASED if f.variant == variant]
+
+
+def find_released(spec: Any) -> Optional[ReleasedFile]:
+    """The released file that ``spec`` names (``<variant>.<tag>``, e.g. ``hornet_tiny_7x7.in1k``), else None.
+
+    The command line's ``--finetune``/``--resume``/``--checkpoint`` take a file, a URL or such a name; an existing
+    path wins over a name, so a local file called ``hornet_tiny_7x7.in1k`` is still read as the file.
+    """
+    if not isinstance(spec, str):
+        return None
+    found = _BY_NAME.get(spec)
+    return None if found is None or os.path.exists(spec) else found
+
+
+def default_released(variant: str) -> Optional[ReleasedFile]:
+    """The released file that ``timm.create_model(variant, pretrained=True)`` loads (the original release's), or
+    None for a variant without released weights."""
+    return next((f for f in _BY_NAME.values() if f.variant == variant), None)
+
+
+def not_a_released_name(spec: Any) -> Optional[str]:
+    """Why ``spec``, which is no existing path but reads like a released name (``<HorNet variant>[.<tag>]``),
+    names no released file, with the names that exist; None for anything else (a path, URL or released name)."""
+    if not isinstance(spec, str) or spec in _BY_NAME or os.path.exists(spec) or is_url(spec) \
+            or '/' in spec or os.sep in spec:
+        return None
+    variant, _, tag = spec.partition('.')
+    if tag.lower() in _FILE_EXTENSIONS:
+        return None
+    import timm
+    if variant not in timm.list_models('hornet*'):
+        return None
+    names = [f.name for f in _BY_NAME.values() if f.variant == variant]
+    if names:
+        return f"it is not a released name either (released weights of {variant}: {', '.join(names)})"
+    with_weights = ', '.join(dict.fromkeys(f.variant for f in _BY_NAME.values()))
+    return f"{variant} has no released weights (variants with released weights: {with_weights})"
 
 
 def is_url(path: Any) -> bool:
@@ -165,7 +206,7 @@ def expected_sha256_prefix(url: str) -> Optional[str]:
     return found.group(1) if found else None
 
 
-_HINT = "pass the path of a copy downloaded elsewhere instead of the URL (e.g. --resume /path/to/file.pth)"
+_HINT = "pass the path of a copy downloaded elsewhere instead (e.g. --resume /path/to/file.pth)"
 TIMM_HINT = ("download it elsewhere and pass the file: timm.create_model(..., pretrained=True, "
              "pretrained_cfg_overlay=dict(file='/path/to/file.pth'))")
 
