@@ -219,3 +219,31 @@ def test_slurm_launcher_passes_the_release_url_not_a_path(data4, tmp_path, monke
     args = rws.parse_args(['--model', 'hornet_tiny_7x7', '--data_path', str(data4), '--finetune',
                            'hornet_tiny_7x7.mmpretrain_in1k'])
     assert args.finetune == timm.models.get_pretrained_cfg('hornet_tiny_7x7.mmpretrain_in1k').url
+
+
+@pytest.fixture
+def keep_logger_levels():
+    """export.py's main sets the levels of these loggers for its run; later tests need the old ones."""
+    loggers = [logging.getLogger(n) for n in ('export', 'models', 'checkpoint_meta')]
+    levels = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, levels):
+        lg.setLevel(level)
+
+
+def test_export_by_name_exports_the_release(server, cache, micro_sd, tmp_path, monkeypatch, capsys,
+                                            keep_logger_levels):
+    import importlib.util
+    pytest.importorskip('onnxruntime')
+    spec = importlib.util.spec_from_file_location('_export_by_name', REPO / 'scripts' / 'export.py')
+    export = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(export)
+    data = to_bytes({'model': micro_sd})
+    register(monkeypatch, server.add('/f/micro/?dl=1', data), data)
+    out = tmp_path / 'micro.onnx'
+    assert export.main(['--checkpoint', NAME, '--output', str(out), '--input_size', '32']) == 0, \
+        capsys.readouterr().err
+    assert out.is_file() and server.requests == {'/f/micro/?dl=1': 1}
+    assert export.main(['--checkpoint', f'{MICRO}.in22k', '--output', str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f'checkpoint not found: {MICRO}.in22k, and it is not a released name either' in err, err
