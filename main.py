@@ -53,6 +53,7 @@ import run_settings
 import utils
 from errors import UserError
 from models.hornet import GF_IMPLS
+from models.pretrained import RELEASED, default_released, find_released, not_a_released_name
 from models.weights import CheckpointError, checkpoint_filter_fn, select_in1k_head_rows
 from optim_factory import cosine_schedule, create_optimizer
 
@@ -205,7 +206,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help='mixup/cutmix parameters per batch, pair or element')
     # fine-tuning
     p.add_argument('--finetune', default='', metavar='FILE',
-                   help='weights to start from (original, mmpretrain or own format)')
+                   help='weights to start from (original, mmpretrain or own format): a file, a URL or a released '
+                        'name such as hornet_tiny_7x7.in1k (downloaded once into the torch hub cache)')
+    _bool(p, '--pretrained', False, "start from the model's default released weights (= --finetune <model>.in1k "
+          'or .in22k)')
     p.add_argument('--head_init_scale', default=1.0, type=float, help='scale of the new classifier at init')
     p.add_argument('--model_key', default='model|module', type=str,
                    help='--finetune: checkpoint keys that may hold the weights, tried in order')
@@ -228,7 +232,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument('--seed', default=0, type=int, help='random seed')
     p.add_argument('--resume', default='', metavar='PATH',
                    help='checkpoint to resume from, or a run directory (its newest checkpoint); with --eval, the '
-                        'weights to evaluate')
+                        'weights to evaluate (also a URL or a released name such as hornet_tiny_7x7.in1k)')
     _bool(p, '--auto_resume', True, 'resume from the newest checkpoint in --output_dir')
     _bool(p, '--save_ckpt', True, 'save checkpoints in --output_dir')
     p.add_argument('--save_ckpt_freq', default=1, type=int, help='save a checkpoint every N epochs (and the last)')
@@ -413,6 +417,7 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UserError(f"--crop_pct must be in (0, 1] (got {args.crop_pct})")
     if args.clip_grad is not None and args.clip_grad < 0:
         raise UserError(f"--clip_grad must be positive (got {args.clip_grad})")
+    resolve_released_names(args)
     if args.eval and not args.resume and not args.finetune:
         raise UserError("--eval true needs the checkpoint to evaluate: add --resume /path/to/checkpoint.pth")
     for flag in ('resume', 'finetune'):
@@ -423,7 +428,8 @@ def validate_args(args: argparse.Namespace) -> None:
         if path and os.path.isdir(path):
             raise UserError(f"--{flag} {path} is a directory; pass the weights file")
         if path and not path.startswith(('http://', 'https://')) and not os.path.isfile(path):
-            raise UserError(f"--{flag} {path}: file not found (check the path)")
+            why = not_a_released_name(path)
+            raise UserError(f"--{flag} {path}: file not found" + (f", and {why}" if why else ' (check the path)'))
         if path and not path.startswith(('http://', 'https://')):
             checkpoints.check_checkpoint_file(path, f'--{flag}')  # e.g. a log.txt given by mistake
     mixup_on = not args.eval and (args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None)
@@ -442,6 +448,29 @@ def validate_args(args: argparse.Namespace) -> None:
             import wandb  # noqa: F401
         except ImportError:
             raise UserError("--enable_wandb true needs the wandb package: pip install wandb") from None
+
+
+def resolve_released_names(args: argparse.Namespace) -> None:
+    """--pretrained and released names (``--finetune hornet_tiny_7x7.in1k``) become the release's URL, which the
+    loaders download once into the hash-checked cache. Running it again on its result changes nothing."""
+    if args.pretrained:
+        if args.finetune:
+            raise UserError(f"--pretrained and --finetune {args.finetune} both choose the starting weights; "
+                            f"give only one")
+        found = default_released(args.model)
+        if found is None:
+            with_weights = ', '.join(dict.fromkeys(f.variant for f in RELEASED))
+            raise UserError(f"--pretrained: {args.model} has no released weights (variants with released weights: "
+                            f"{with_weights}); use --finetune FILE for other weights")
+        args.finetune, args.pretrained = found.url, False
+    for flag in ('finetune', 'resume'):
+        found = find_released(getattr(args, flag))
+        if found is None:
+            continue
+        if flag == 'resume' and not args.eval:
+            raise UserError(f"--resume {found.name}: released weights have no optimizer state to resume training "
+                            f"from; use --finetune {found.name} to train from them (or add --eval true)")
+        setattr(args, flag, found.url)
 
 
 # --------------------------------------------------------------------------------------------------- main

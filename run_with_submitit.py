@@ -142,6 +142,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     if check.device != 'cpu':
         check.device = ''  # skips the "CUDA available here?" and "fp16 on CPU" checks, both about the job's nodes
     hornet_main.validate_args(check)
+    args.finetune, args.resume, args.pretrained = check.finetune, check.resume, check.pretrained  # names -> URLs
 
     if not args.job_name:
         args.job_name = args.model

@@ -19,6 +19,7 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 
 from .hornet import (HorBlock, LayerNorm2d, _cfg, _check_global_pool, _new_head, load_pretrained_adapted,
                      pretrained_filter_fn, set_selective_checkpointing)
+from .pretrained import prepare_pretrained
 
 __all__ = ['HorNetIsotropic']
 
@@ -160,6 +161,7 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, **kwargs) -> HorNetIsotropic:
+    kwargs = prepare_pretrained(variant, pretrained, kwargs)  # a weight file loads through load_pretrained
     return build_model_with_cfg(
         HorNetIsotropic, variant, pretrained, pretrained_filter_fn=pretrained_filter_fn,
         feature_cfg=dict(feature_cls='getter', out_indices=(3, 7, 12)), **kwargs)

@@ -35,7 +35,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from .weights import IN22K_CLASSES, CheckpointError
 
 __all__ = ['ReleasedFile', 'RELEASED', 'IN22K_CLASSES', 'DownloadError', 'released_files', 'is_url',
-           'cache_dir', 'cache_file_name', 'download_cached', 'prepare_pretrained']
+           'find_released', 'default_released', 'not_a_released_name', 'cache_dir', 'cache_file_name',
+           'download_cached', 'prepare_pretrained']
 
 _logger = logging.getLogger(__name__)
 
@@ -116,11 +117,51 @@ def _build() -> Tuple[ReleasedFile, ...]:
 
 RELEASED: Tuple[ReleasedFile, ...] = _build()
 _BY_URL: Dict[str, ReleasedFile] = {f.url: f for f in RELEASED}
+_BY_NAME: Dict[str, ReleasedFile] = {f.name: f for f in RELEASED}  # '<variant>.<tag>', the default tag first
+# a '<variant>.<ext>' name with one of these is a file name (e.g. hornet_tiny_7x7.pth), never a released name
+_FILE_EXTENSIONS = ('pth', 'pt', 'bin', 'ckpt', 'safetensors', 'tar', 'pkl', 'npz', 'zip', 'onnx')
 
 
 def released_files(variant: str) -> List[ReleasedFile]:
     """The released files of ``variant``, the default (original release) first."""
     return [f for f in RELEASED if f.variant == variant]
+
+
+def find_released(spec: Any) -> Optional[ReleasedFile]:
+    """The released file that ``spec`` names (``<variant>.<tag>``, e.g. ``hornet_tiny_7x7.in1k``), else None.
+
+    The command line's ``--finetune``/``--resume``/``--checkpoint`` take a file, a URL or such a name; an existing
+    path wins over a name, so a local file called ``hornet_tiny_7x7.in1k`` is still read as the file.
+    """
+    if not isinstance(spec, str):
+        return None
+    found = _BY_NAME.get(spec)
+    return None if found is None or os.path.exists(spec) else found
+
+
+def default_released(variant: str) -> Optional[ReleasedFile]:
+    """The released file that ``timm.create_model(variant, pretrained=True)`` loads (the original release's), or
+    None for a variant without released weights."""
+    return next((f for f in _BY_NAME.values() if f.variant == variant), None)
+
+
+def not_a_released_name(spec: Any) -> Optional[str]:
+    """Why ``spec``, which is no existing path but reads like a released name (``<HorNet variant>[.<tag>]``),
+    names no released file, with the names that exist; None for anything else (a path, URL or released name)."""
+    if not isinstance(spec, str) or spec in _BY_NAME or os.path.exists(spec) or is_url(spec) \
+            or '/' in spec or os.sep in spec:
+        return None
+    variant, _, tag = spec.partition('.')
+    if tag.lower() in _FILE_EXTENSIONS:
+        return None
+    import timm
+    if variant not in timm.list_models('hornet*'):
+        return None
+    names = [f.name for f in _BY_NAME.values() if f.variant == variant]
+    if names:
+        return f"it is not a released name either (released weights of {variant}: {', '.join(names)})"
+    with_weights = ', '.join(dict.fromkeys(f.variant for f in _BY_NAME.values()))
+    return f"{variant} has no released weights (variants with released weights: {with_weights})"
 
 
 def is_url(path: Any) -> bool:
@@ -165,7 +206,7 @@ def expected_sha256_prefix(url: str) -> Optional[str]:
     return found.group(1) if found else None
 
 
-_HINT = "pass the path of a copy downloaded elsewhere instead of the URL (e.g. --resume /path/to/file.pth)"
+_HINT = "pass the path of a copy downloaded elsewhere instead (e.g. --resume /path/to/file.pth)"
 TIMM_HINT = ("download it elsewhere and pass the file: timm.create_model(..., pretrained=True, "
              "pretrained_cfg_overlay=dict(file='/path/to/file.pth'))")
 
@@ -288,10 +329,16 @@ def _progress(total: Optional[int]):
 
 
 def prepare_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """The model factories' hook: for ``pretrained=True`` with a cfg URL, download it (cached, hash-checked) and
-    hand timm the local file (``pretrained_cfg_overlay['file']``), which it loads through the model's
-    ``load_pretrained`` (format conversion, ``weights_only``). A cfg without weights is a clear error.
-    ``kwargs`` are the factory's keyword arguments (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``).
+    """The model factories' hook: make timm load every weight file through the model's own ``load_pretrained``.
+
+    For ``pretrained=True`` with a cfg URL (a released file, or ``pretrained_cfg_overlay=dict(url=...)``) the file
+    is downloaded here (cached, hash-checked) and handed to timm as ``pretrained_cfg_overlay['file']``. A file
+    source always gets ``custom_load=True``, so timm calls the model's ``load_pretrained`` (safe ``weights_only``
+    load, format conversion, strict filter, ``in_chans`` adaptation, a new head for another class count) instead
+    of its own loader: timm >= 1.0.31 resets ``custom_load`` to False for an overlay ``file``/``url`` unless it is
+    set explicitly. A state dict given in memory or a Hugging Face hub source stays with timm (which applies the
+    model's ``pretrained_filter_fn``). A cfg without weights is a clear error. ``kwargs`` are the factory's keyword
+    arguments (``pretrained_cfg``, ``pretrained_cfg_overlay``, ``cache_dir``).
     """
     if not pretrained:
         return kwargs
@@ -299,8 +346,14 @@ def prepare_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -
     overlay = dict(kwargs.get('pretrained_cfg_overlay') or {})
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get('pretrained_cfg'),
                                  pretrained_cfg_overlay=dict(overlay))
-    if cfg.state_dict is not None or cfg.file or cfg.source in ('hf-hub', 'local-dir') or cfg.hf_hub_id:
-        return kwargs  # timm's own sources: an in-memory state dict, a local file, the Hugging Face hub
+    if cfg.state_dict is not None or cfg.source in ('hf-hub', 'local-dir'):
+        return kwargs  # timm's own sources: an in-memory state dict, the Hugging Face hub, a local folder
+    out = dict(kwargs)
+    if cfg.file:  # timm's priority: a file before a hub id or URL
+        out['pretrained_cfg_overlay'] = dict(overlay, custom_load=True)
+        return out
+    if cfg.hf_hub_id:
+        return kwargs
     if not cfg.url:
         name = f'{variant}.{cfg.tag}' if cfg.tag else variant
         released = ', '.join(dict.fromkeys(f.variant for f in RELEASED))
@@ -310,6 +363,5 @@ def prepare_pretrained(variant: str, pretrained: bool, kwargs: Dict[str, Any]) -
             f"(tags: timm.list_pretrained('hornet*'))")
     url, file_name = tuple(cfg.url) if isinstance(cfg.url, (tuple, list)) else (cfg.url, None)
     path = download_cached(url, file_name=file_name, cache=kwargs.get('cache_dir'), hint=TIMM_HINT)
-    out = dict(kwargs)
-    out['pretrained_cfg_overlay'] = dict(overlay, file=path)
+    out['pretrained_cfg_overlay'] = dict(overlay, file=path, custom_load=True)
     return out

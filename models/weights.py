@@ -31,13 +31,22 @@ class CheckpointError(ValueError):
 
 
 def resolve_local_path(path_or_url: Any) -> str:
-    """A local path for ``path_or_url``: an http(s) URL is downloaded once into torch's hub cache (hash-checked
-    where the sha256 prefix is known; see :func:`models.pretrained.download_cached`), anything else is returned
-    as is. Raises a one-line :class:`CheckpointError` when the download fails."""
+    """A local path for ``path_or_url``: an http(s) URL, or the name of a released file (``hornet_tiny_7x7.in1k``,
+    see :func:`models.pretrained.find_released`), is downloaded once into torch's hub cache (hash-checked where the
+    sha256 prefix is known; see :func:`models.pretrained.download_cached`), anything else is returned as is.
+    Raises a one-line :class:`CheckpointError` when the download fails."""
     path = os.fspath(path_or_url)
     if re.match(r'^https?://', path, re.IGNORECASE):
         from .pretrained import download_cached
         return download_cached(path)
+    from .pretrained import DownloadError, download_cached, find_released
+    released = find_released(path)
+    if released is not None:
+        try:
+            return download_cached(released.url, file_name=released.file_name,
+                                   sha256_prefix=released.sha256_prefix)
+        except DownloadError as e:
+            raise DownloadError(f"released weights {path}: {e}") from None
     return path
 
 

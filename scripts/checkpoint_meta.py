@@ -52,6 +52,21 @@ def read_info(raw: Any) -> CheckpointInfo:
     return CheckpointInfo(args=args, class_names=list(names) if names else None)
 
 
+def check_checkpoint_arg(checkpoint: Optional[str]) -> Optional[str]:
+    """``--checkpoint``: a file, an http(s) URL or the name of a released file (``hornet_tiny_7x7.in1k``, which the
+    loaders download once into the hash-checked cache). Returns the variant a released name is of (else None); a
+    one-line ``UserError`` for a missing file. The models (torch, timm) are imported only for a name."""
+    if checkpoint is None or checkpoint.startswith(('http://', 'https://')) or os.path.isfile(checkpoint):
+        return None
+    from errors import UserError
+    from models.pretrained import find_released, not_a_released_name
+    found = find_released(checkpoint)
+    if found is not None:
+        return found.variant
+    why = not_a_released_name(checkpoint)
+    raise UserError(f"checkpoint not found: {checkpoint}" + (f", and {why}" if why else ' (check the path)'))
+
+
 def resolve_input_size(cli_size: Optional[int], info: CheckpointInfo, model_default: int) -> int:
     """``--input_size`` if given (warned when it differs from the checkpoint's), else the checkpoint's, else the
     model's default."""

@@ -206,9 +206,7 @@ def run(args: argparse.Namespace) -> int:
     """Export, then verify; returns the exit status."""
     if args.input_size is not None and args.input_size < 32:
         raise UserError(f"--input_size {args.input_size} is too small (HorNet needs at least 32 pixels)")
-    if args.checkpoint is not None and not args.checkpoint.startswith(('http://', 'https://')) \
-            and not Path(args.checkpoint).is_file():
-        raise UserError(f"checkpoint not found: {args.checkpoint} (check the path)")
+    released_variant = checkpoint_meta.check_checkpoint_arg(args.checkpoint)  # a file, URL or released name
     out = Path(args.output)
     if not out.resolve().parent.is_dir():
         raise UserError(f"cannot write --output {args.output}: its folder does not exist (create it first)")
@@ -216,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
         _logger.warning('--output %s does not end in .onnx', args.output)
 
     import numpy as np
-    model, name, info = build_model(args.model, args.checkpoint, args.use_ema)
+    model, name, info = build_model(args.model or released_variant, args.checkpoint, args.use_ema)
     size = checkpoint_meta.resolve_input_size(args.input_size, info,
                                               int(model.pretrained_cfg.get('input_size', (3, 224, 224))[-1]))
     n_gf = set_gf_impl(model, 'matmul')

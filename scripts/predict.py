@@ -16,8 +16,12 @@ What a checkpoint written by ``main.py`` records is used unless a flag says othe
 (``args.model``), the resolution (``args.input_size``; an explicit ``--input_size`` wins, with a warning when it
 differs) and the class names (a ``class_names`` list in the checkpoint, else the sorted class folders of the data
 set it was trained on, the label order of ``datasets.py``, when that folder exists here). Other heads of 1000
-classes print ImageNet class names (timm's bundled table, nothing is downloaded); the rest print class indices, or
-names from ``--class_names FILE`` (one per line, in label order).
+classes print ImageNet class names (timm's bundled table, nothing is downloaded); the released 21841-class
+ImageNet-22K heads print those names for their 1000 ImageNet-1K rows (``in1k_to_21k_map.pth``) and indices elsewhere;
+the rest print class indices, or names from ``--class_names FILE`` (one per line, in label order).
+
+``--checkpoint`` takes a file, a URL or a released name (``hornet_tiny_7x7.in1k``, ``hornet_large_gf.in22k``: see
+``models/pretrained.py``), downloaded once into torch's hub cache.
 """
 from __future__ import annotations
 
@@ -55,7 +59,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--model', default=None, help='variant name, e.g. hornet_tiny_7x7, hornet_base_gf (default: the '
                    'one the checkpoint records, else the variant its weights look like, else hornet_tiny_7x7)')
     p.add_argument('--checkpoint', default=None, help='weights: original release, mmpretrain, this project, '
-                   'bare state dict or .safetensors')
+                   'bare state dict or .safetensors; a file, a URL or a released name such as hornet_tiny_7x7.in1k')
     p.add_argument('--use_ema', action='store_true', help='use the EMA weights of a training checkpoint')
     p.add_argument('--input_size', type=int, default=None,
                    help="image side (default: the checkpoint's args.input_size, else the model's, 224 or 384)")
@@ -171,6 +175,16 @@ def class_names(model: nn.Module, names_file: Optional[str],
         _logger.info('class names from %s', source)
         return _imagenet_descriptions(list(names)), source
     from timm.data import ImageNetInfo, infer_imagenet_subset
+
+    from models.weights import IN22K_CLASSES, in1k_to_21k_map
+    if n == IN22K_CLASSES:
+        # The released 22K heads do not use timm's 'imagenet-22k' class order (none of the 1000 rows of the
+        # release's in1k_to_21k_map.pth agrees with it): only the rows of that map have known names.
+        names = [f'class {i}' for i in range(n)]
+        in1k = ImageNetInfo('imagenet-1k')
+        for i, row in enumerate(in1k_to_21k_map().tolist()):
+            names[row] = in1k.index_to_description(i)
+        return names, 'ImageNet-1K names of the 1000 rows of in1k_to_21k_map.pth, class indices elsewhere'
     subset = infer_imagenet_subset(model) or ('imagenet-1k' if n == 1000 else None)
     if subset:
         imagenet = ImageNetInfo(subset)
@@ -217,14 +231,12 @@ def predict(args: argparse.Namespace) -> List[dict]:
     files = find_images(args.paths)
     if args.json and not Path(args.json).resolve().parent.is_dir():
         raise UserError(f"cannot write --json {args.json}: its folder does not exist (create it first)")
-    if args.checkpoint is not None and not args.checkpoint.startswith(('http://', 'https://')) \
-            and not Path(args.checkpoint).is_file():
-        raise UserError(f"checkpoint not found: {args.checkpoint} (check the path)")
+    released_variant = checkpoint_meta.check_checkpoint_arg(args.checkpoint)  # a file, URL or released name
     if args.checkpoint is None and not args.allow_random:
         raise UserError(NO_CHECKPOINT)
     import torch
 
-    model, info = build_model(args.model, args.checkpoint, args.use_ema, args.allow_random)
+    model, info = build_model(args.model or released_variant, args.checkpoint, args.use_ema, args.allow_random)
     names, names_source = class_names(model, args.class_names, info)
     try:
         device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -270,8 +282,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point: returns the exit status; user errors are one line on stderr."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(name)s: %(message)s')
-    for name in ('predict', 'models', 'checkpoint_meta'):  # -v: our progress, not every library's INFO chatter
-        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+    loggers = [logging.getLogger(name) for name in ('predict', 'models', 'checkpoint_meta')]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:  # -v: our progress, not every library's INFO chatter
+        lg.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         predict(args)
     except UserError as e:
@@ -280,6 +294,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print('predict.py: interrupted', file=sys.stderr)
         return 130
+    finally:  # called in-process (tests, notebooks): leave the caller's logging as it was
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     return 0
 
 
