@@ -19,6 +19,7 @@ import os
 import pickle
 import random
 import shutil
+import signal
 import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -698,7 +699,15 @@ def build_loader(dataset: Dataset, sampler: Sampler, batch_size: int, num_worker
         # its own generator: creating an iterator must not draw from the global torch RNG, or a resumed run's
         # drop-path/mixup randomness would shift relative to an uninterrupted one
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=_ignore_ctrl_c,
     )
+
+
+def _ignore_ctrl_c(worker_id: int) -> None:  # noqa: ARG001
+    """A terminal's Ctrl-C reaches the loader workers too; they leave it to the training process, which saves the
+    step it is in and then shuts them down (a worker that died of it would fail the batches that step still needs).
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
