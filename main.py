@@ -529,16 +529,22 @@ class Start:
     checkpoint: Optional[str] = None
 
 
+def resolve_num_workers(args: argparse.Namespace, device: torch.device) -> None:
+    """``--num_workers auto`` becomes a count (logged), here on the machine that trains: run_with_submitit
+    parses the flags on another one."""
+    if args.num_workers == 'auto':
+        args.num_workers, why = utils.auto_num_workers(device.type)
+        _logger.info('Data loading workers per process: %d (--num_workers auto: %s; --num_workers N to change)',
+                     args.num_workers, why)
+
+
 def setup_run(args: argparse.Namespace) -> Run:
     """Start the process group, logging and the seeds; pick the device settings and the precision."""
     ds = utils.init_distributed(args.device, args.dist_url, args.world_size, args.dist_on_itp)
     utils.setup_logging(args.output_dir or None)
     if args.local_rank not in (-1, ds.local_rank):
         _logger.info('--local_rank %d ignored in favour of LOCAL_RANK=%d', args.local_rank, ds.local_rank)
-    if args.num_workers == 'auto':  # here, on the machine that trains (run_with_submitit parses elsewhere)
-        args.num_workers, why = utils.auto_num_workers(ds.device.type)
-        _logger.info('Data loading workers per process: %d (--num_workers auto: %s; --num_workers N to change)',
-                     args.num_workers, why)
+    resolve_num_workers(args, ds.device)
     utils.set_intra_op_threads(args.threads, args.num_workers)
     torch.manual_seed(args.seed + ds.rank)
     random.seed(args.seed + ds.rank)
@@ -556,6 +562,7 @@ def build_data(run: Run) -> Data:
     args, ds = run.args, run.ds
     want_val = not args.disable_eval or args.eval
     dataset_val, nb_val = (None, None)
+    resolve_num_workers(args, ds.device)  # done by setup_run; here too for callers of the phases alone
     loaders.log_loader_resources(args.num_workers, ds.rank, args.data_backend)
     if args.data_set == 'QUICKSTART' and ds.is_main:
         dataset_val, nb_val = datasets.build_dataset(False, args)  # rank 0 writes the generated images once
