@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union

@@ -317,7 +317,8 @@ def test_export_writes_the_preprocessing_and_class_names_into_the_onnx_metadata(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta['class_names']) == ['circle', 'cross', 'square', 'triangle']
-    assert meta['class_names_source'] == f"the class folders of {data / 'train'}" and meta['model'] == 'hornet_micro_7x7'
+    assert meta['class_names_source'] == f"the class folders of {data / 'train'}"
+    assert meta['model'] == 'hornet_micro_7x7'
     assert f"metadata preprocessing: {meta['preprocessing']}" in proc.stdout
     assert "metadata class_names: 'circle', 'cross', 'square', 'triangle' (from the class folders" in proc.stdout
     assert json.loads(meta['input_size']) == [3, 64, 64] and meta['interpolation'] == 'bicubic'
