@@ -246,7 +246,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     _bool(p, '--dist_eval', True, 'evaluate on all processes (false: rank 0 only); exact either way')
     _bool(p, '--disable_eval', False, 'no validation during training')
     p.add_argument('--num_workers', default='auto', type=_num_workers, metavar='{auto,N}',
-                   help='data loading processes per training process; auto: none on the CPU, on a GPU the cores '
+                   help='data loading processes per training process; auto: one on the CPU, on a GPU the cores '
                         'of this process less one, at most 10')
     _bool(p, '--pin_mem', True, 'pinned host memory for faster host-to-GPU copies')
     p.add_argument('--data_backend', type=str, default='pil', choices=['pil', 'dali'],

@@ -23,19 +23,20 @@ def data(tmp_path_factory):
 
 
 def test_num_workers_auto_follows_the_cores(monkeypatch):
-    """On a GPU: this process's share of the cores less one, at most 10; on the CPU: none."""
+    """On a GPU: this process's share of the cores less one, at most 10; on the CPU: one, none on one core."""
     monkeypatch.delenv('SLURM_CPUS_PER_TASK', raising=False)
-    for cores, procs, expected in [(96, 8, 10), (16, 2, 7), (2, 1, 1), (1, 1, 0), (4, 8, 0)]:
+    for cores, procs, on_gpu, on_cpu in [(96, 8, 10, 1), (16, 2, 7, 1), (2, 1, 1, 1), (1, 1, 0, 0), (4, 8, 0, 0)]:
         monkeypatch.setattr(utils, 'cpu_cores_available', lambda c=cores: c)
         monkeypatch.setenv('LOCAL_WORLD_SIZE', str(procs))
         workers, why = utils.auto_num_workers('cuda')
-        assert workers == expected, (cores, procs, why)
-        assert workers + 1 <= max(1, cores // procs)  # never the loader's "exceed the cores" warning
-        assert utils.auto_num_workers('cpu')[0] == 0
+        assert workers == on_gpu, (cores, procs, why)
+        assert utils.auto_num_workers('cpu')[0] == on_cpu, (cores, procs)
+        for w in (workers, on_cpu):  # never the loader's "exceed the cores" warning
+            assert w + 1 <= max(1, cores // procs)
 
 
 def test_quickstart_config_picks_workers_from_the_cores_and_an_explicit_count_still_wins(tmp_path):
-    """The quick-start config on this machine (2 cores here): no warning that the workers exceed the cores."""
+    """The quick-start config on this machine: no warning that the workers exceed the cores."""
     assert yaml.safe_load((REPO / 'configs' / 'quickstart.yaml').read_text())['num_workers'] == 'auto'
     root = datasets.make_quickstart_dataset(str(tmp_path / 'qs'), num_classes=3, train_per_class=4, val_per_class=2,
                                             image_size=32)
@@ -43,14 +44,15 @@ def test_quickstart_config_picks_workers_from_the_cores_and_an_explicit_count_st
             '--epochs', '1', '--batch_size', '4', '--output_dir', str(tmp_path / 'out')]
     proc = run_main(argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'Data loading workers per process: 0 (--num_workers auto: training on the CPU' in proc.stderr
-    assert 'rank 0 data loader: backend pil, 0 worker processes' in proc.stderr
+    workers = min(1, utils.cpu_cores_available() - 1)  # one, none on a single core
+    assert f'Data loading workers per process: {workers} (--num_workers auto: training on the CPU' in proc.stderr
+    assert f'rank 0 data loader: backend pil, {workers} worker processes' in proc.stderr
     assert 'exceed the' not in proc.stderr
-    args = main_mod.parse_args(['--config', str(REPO / 'configs' / 'quickstart.yaml'), '--num_workers', '1'])
-    assert args.num_workers == 1
-    proc = run_main(argv + ['--num_workers', '1', '--output_dir', str(tmp_path / 'out1')])
+    args = main_mod.parse_args(['--config', str(REPO / 'configs' / 'quickstart.yaml'), '--num_workers', '0'])
+    assert args.num_workers == 0
+    proc = run_main(argv + ['--num_workers', '0', '--output_dir', str(tmp_path / 'out0')])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'rank 0 data loader: backend pil, 1 worker processes' in proc.stderr
+    assert 'rank 0 data loader: backend pil, 0 worker processes' in proc.stderr
     assert '--num_workers auto' not in proc.stderr
 
 
