@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Optional
 
@@ -199,6 +200,9 @@ def train_one_epoch(
         if on_step is not None:
             on_step(state)
         if stop:
+            if utils.STOP.requested and not utils.STOP.ctrl_c:  # (a Ctrl-C was acknowledged when it came)
+                _logger.warning('Received %s: saving a checkpoint of this step and stopping',
+                                ', '.join(sorted(signal.Signals(n).name for n in utils.STOP.received)))
             if save_fn is not None:
                 save_fn('preempt')
             raise TrainingInterrupted(f'stopped at epoch {state.epoch}, step {state.global_step}')

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import time
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -320,15 +319,14 @@ def wrap_loader(loader: Any, args: Any, device: torch.device) -> Any:
 
 def log_loader_resources(num_workers: int, rank: int = 0, backend: str = 'pil') -> int:
     """Log (every rank) the CPU cores this process may use and its loader workers; return the core count."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    from utils import cpu_cores_available  # the count --num_workers auto and --threads are chosen from
+    cores = cpu_cores_available()
     logger.info('rank %d data loader: backend %s, %d worker processes, %d CPU cores available to this process',
                 rank, backend, num_workers, cores)
     if num_workers + 1 > cores:
         logger.warning('rank %d: %d loader workers + the training process exceed the %d cores this process may use; '
-                       'workers will compete for CPU (lower --num_workers)', rank, num_workers, cores)
+                       'workers will compete for CPU (lower --num_workers, or --num_workers auto)', rank, num_workers,
+                       cores)
     return cores
 
 

@@ -28,10 +28,11 @@ import logging
 import math
 import os
 import random
+import signal
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple, Union
 
 import numpy as np
 import timm
@@ -84,6 +85,16 @@ def _auto_bool(v: Any) -> Optional[bool]:
     if v is None or str(v).strip().lower() == 'auto':
         return None
     return str2bool(v)
+
+
+def _num_workers(v: Any) -> Union[int, str]:
+    """``auto`` (chosen from the cores when the run starts: utils.auto_num_workers) or a count."""
+    if str(v).strip().lower() == 'auto':
+        return 'auto'
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or auto, got {v!r}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -241,7 +252,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     _bool(p, '--eval', False, 'evaluate the weights of --resume and exit')
     _bool(p, '--dist_eval', True, 'evaluate on all processes (false: rank 0 only); exact either way')
     _bool(p, '--disable_eval', False, 'no validation during training')
-    p.add_argument('--num_workers', default=10, type=int, help='data loading processes per training process')
+    p.add_argument('--num_workers', default='auto', type=_num_workers, metavar='{auto,N}',
+                   help='data loading processes per training process; auto: one on the CPU, on a GPU the cores '
+                        'of this process less one, at most 10')
     _bool(p, '--pin_mem', True, 'pinned host memory for faster host-to-GPU copies')
     p.add_argument('--data_backend', type=str, default='pil', choices=['pil', 'dali'],
                    help='pil: PIL/torchvision workers emit uint8, normalise + random erasing on the device; '
@@ -409,8 +422,8 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UserError(f"--grad_checkpointing selective is for HorNet models, not {args.model} (use full or none)")
     if args.fused_adamw and opt_name != 'adamw':
         raise UserError(f"--fused_adamw true needs --opt adamw (got --opt {args.opt}); set --fused_adamw auto")
-    if args.num_workers < 0:
-        raise UserError(f"--num_workers must be >= 0 (got {args.num_workers})")
+    if args.num_workers != 'auto' and args.num_workers < 0:
+        raise UserError(f"--num_workers must be >= 0 or auto (got {args.num_workers})")
     if args.threads < 0:
         raise UserError(f"--threads must be >= 0 (got {args.threads}; 0 chooses from the cores available)")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
@@ -572,6 +585,15 @@ class Start:
     checkpoint: Optional[str] = None
 
 
+def resolve_num_workers(args: argparse.Namespace, device: torch.device) -> None:
+    """``--num_workers auto`` becomes a count (logged), here on the machine that trains: run_with_submitit
+    parses the flags on another one."""
+    if args.num_workers == 'auto':
+        args.num_workers, why = utils.auto_num_workers(device.type)
+        _logger.info('Data loading workers per process: %d (--num_workers auto: %s; --num_workers N to change)',
+                     args.num_workers, why)
+
+
 def setup_run(args: argparse.Namespace, inherited: Optional[run_settings.Inherited] = None) -> Run:
     """Start the process group; check that every output can be written (before any data is read); start logging
     and the seeds; pick the device settings and the precision."""
@@ -585,6 +607,7 @@ def setup_run(args: argparse.Namespace, inherited: Optional[run_settings.Inherit
         inherited.log(_logger)
     if args.local_rank not in (-1, ds.local_rank):
         _logger.info('--local_rank %d ignored in favour of LOCAL_RANK=%d', args.local_rank, ds.local_rank)
+    resolve_num_workers(args, ds.device)
     utils.set_intra_op_threads(args.threads, args.num_workers)
     torch.manual_seed(args.seed + ds.rank)
     random.seed(args.seed + ds.rank)
@@ -602,6 +625,7 @@ def build_data(run: Run) -> Data:
     args, ds = run.args, run.ds
     want_val = not args.disable_eval or args.eval
     dataset_val, nb_val = (None, None)
+    resolve_num_workers(args, ds.device)  # done by setup_run; here too for callers of the phases alone
     loaders.log_loader_resources(args.num_workers, ds.rank, args.data_backend)
     if args.data_set == 'QUICKSTART' and ds.is_main:
         dataset_val, nb_val = datasets.build_dataset(False, args)  # rank 0 writes the generated images once
@@ -950,7 +974,16 @@ class Checkpointer:
         how = 'relaunch the same command to resume from it' if args.auto_resume else \
             f'relaunch with --resume {args.output_dir} to resume from it'
         return (f'{where}: the newest checkpoint is {newest} (progress after it is not saved); {how} '
-                f'(kill -TERM saves the exact step instead)')
+                f'(a single Ctrl-C saves the step it was in)')
+
+    def saved_on_ctrl_c_message(self) -> str:
+        """One line for a Ctrl-C whose step was saved (checkpoint-preempt.pth) before stopping."""
+        args, state = self.run.args, self.state
+        path = os.path.join(args.output_dir, checkpoints.PREEMPT_NAME)
+        how = 'relaunch the same command to continue from there' if args.auto_resume else \
+            f'relaunch with --resume {path} to continue from there'
+        return (f'Interrupted (Ctrl-C) in epoch {state.epoch}, after {state.global_step} optimizer steps: saved '
+                f'{path} at that step; {how}, exactly as if uninterrupted')
 
 
 def tensorboard_dir(args: argparse.Namespace) -> Optional[str]:
@@ -1026,7 +1059,8 @@ def train_loop(run: Run, net: Net, data: Data, train: TrainData, optim: Optim, s
                                  channels_last=args.channels_last, print_freq=args.print_freq,
                                  batch_size=args.batch_size, steps_per_epoch=train.steps_per_epoch,
                                  lr_fn=optim.lr_fn, wd_fn=optim.wd_fn)
-    utils.STOP.install()
+    # SIGTERM/SIGUSR2 (a scheduler) and, when there is somewhere to save, Ctrl-C: save the step, stop
+    utils.STOP.install((signal.SIGTERM, signal.SIGUSR2) + ((signal.SIGINT,) if ckpt.enabled else ()))
     _logger.info('Start training for %s; outputs in %s', utils.plural(args.epochs, 'epoch'),
                  args.output_dir or '(not saved)')
     start_time = time.time()
@@ -1064,6 +1098,10 @@ def train_loop(run: Run, net: Net, data: Data, train: TrainData, optim: Optim, s
             log.write_log_txt(log_stats)
             state.epoch += 1
     except engine.TrainingInterrupted as e:
+        if utils.STOP.ctrl_c:
+            if ds.is_main:
+                _logger.warning(ckpt.saved_on_ctrl_c_message())
+            return EXIT_INTERRUPTED
         _logger.warning('%s; checkpoint saved: relaunch the same command to continue', e)
         return EXIT_PREEMPTED
     except KeyboardInterrupt:

@@ -146,3 +146,40 @@ def _cifar_names(root: str, ten: bool) -> Optional[tuple]:
     except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError):
         return None
     return names, path
+
+
+def eval_preprocessing(info: CheckpointInfo, input_size: int) -> Dict[str, Any]:
+    """The evaluation preprocessing of ``main.py --eval`` for this checkpoint, step by step, read off the transform
+    ``datasets.build_transform`` builds (so it cannot drift from it): ``description`` (one line) and the values a
+    runtime needs (``resize``, ``interpolation``, ``center_crop``, ``mean``, ``std``...), for an exported model."""
+    import datasets
+    args = eval_transform_args(info, input_size)
+    out: Dict[str, Any] = {'input_size': [3, int(input_size), int(input_size)], 'layout': 'NCHW', 'color': 'RGB'}
+    words = []
+    for step in datasets.build_transform(False, args).transforms:
+        kind = type(step).__name__
+        if kind == 'Resize':
+            interp = getattr(step.interpolation, 'value', str(step.interpolation))
+            out['interpolation'] = interp
+            if isinstance(step.size, int):
+                out['resize'] = {'shorter_side': int(step.size)}
+                out['crop_pct'] = 224 / 256 if args.crop_pct is None else float(args.crop_pct)
+                words.append(f'resize the shorter side to {step.size} px, the longer in proportion rounded down '
+                             f'({interp}, antialiased as PIL)')
+            else:
+                out['resize'] = {'height': int(step.size[0]), 'width': int(step.size[1])}
+                words.append(f'resize to {step.size[0]}x{step.size[1]} px, aspect not kept ({interp}, antialiased '
+                             f'as PIL)')
+        elif kind == 'CenterCrop':
+            out['center_crop'] = [int(step.size[0]), int(step.size[1])]
+            words.append(f'center crop {step.size[0]}x{step.size[1]}')
+        elif kind == 'ToTensor':
+            words.append('RGB values / 255, NCHW float32')
+        elif kind == 'Normalize':
+            out['mean'], out['std'] = [float(m) for m in step.mean], [float(s) for s in step.std]
+            words.append(f"subtract mean {tuple(round(m, 4) for m in step.mean)}, divide by std "
+                         f"{tuple(round(s, 4) for s in step.std)}")
+        else:  # not expected from build_transform(False, ...); named rather than dropped
+            words.append(repr(step))
+    out['description'] = '; '.join(words)
+    return out

@@ -19,6 +19,7 @@ differs from the checkpoint's.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -65,6 +66,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--rtol', type=float, default=1e-3, help='verification: relative tolerance')
     p.add_argument('--no_verify', action='store_true', help='skip the onnxruntime check')
     p.add_argument('--seed', type=int, default=0, help='seed of the random verification input')
+    p.add_argument('--class_names', default=None, help='text file with one class name per line, in label order, '
+                   "for the file's metadata (default: as predict.py finds them)")
     p.add_argument('-v', '--verbose', action='store_true', help='log progress (INFO)')
     return p.parse_args(argv)
 
@@ -173,6 +176,52 @@ def export(model: nn.Module, output: str, input_size: int, opset: int, dynamic_b
                     f"-v shows the full error")
 
 
+def metadata(model: nn.Module, name: str, info: checkpoint_meta.CheckpointInfo, input_size: int,
+             names_file: Optional[str]) -> Dict[str, str]:
+    """What a runtime needs besides the graph, as ONNX ``metadata_props`` (string values, lists and dicts as
+    JSON): the preprocessing of ``main.py --eval`` at this size and the class names in label order (those
+    predict.py prints; none when only indices are known)."""
+    from predict import class_names
+    pre = checkpoint_meta.eval_preprocessing(info, input_size)
+    meta = {'model': name, 'preprocessing': pre.pop('description')}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in pre.items()})
+    num_classes = int(getattr(model, 'num_classes', 0) or 0)
+    if num_classes:
+        names, source = class_names(model, names_file, info)
+        meta['num_classes'] = str(num_classes)
+        if source != 'class indices':
+            meta['class_names'] = json.dumps(names)
+            meta['class_names_source'] = source
+    return meta
+
+
+def write_metadata(output: str, meta: Dict[str, str]) -> Sequence[str]:
+    """Store ``meta`` in the file's ``metadata_props`` (replacing keys of the same name); returns the lines that
+    report it."""
+    try:
+        import onnx
+    except ImportError:
+        raise UserError('the onnx package is missing (pip install onnx): it writes the preprocessing and class '
+                        'names into the file') from None
+    model = onnx.load(output)
+    kept = [p for p in model.metadata_props if p.key not in meta]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, output)
+    lines = [f"metadata preprocessing: {meta['preprocessing']}"]
+    if 'class_names' in meta:
+        names = json.loads(meta['class_names'])
+        shown = ', '.join(repr(n) for n in names[:4]) + (f', ... ({len(names)} in all)' if len(names) > 4 else '')
+        lines.append(f"metadata class_names: {shown} (from {meta['class_names_source']})")
+    elif 'num_classes' in meta:
+        lines.append(f"metadata class_names: none known for the {meta['num_classes']} classes (pass --class_names "
+                     f"FILE to add them)")
+    lines.append(f"metadata keys (onnx.load(path).metadata_props): {', '.join(meta)}")
+    return lines
+
+
 def check_graph(output: str) -> Tuple[int, int, list]:
     """Validate the file with onnx.checker; returns (node count, opset, FFT-like op types found)."""
     try:
@@ -225,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"exported {name} ({size}x{size}, opset {opset}, {kind} exporter"
           f"{', Global Filter as matmul' if n_gf else ''}{', dynamic batch' if args.dynamic_batch else ''}) "
           f"to {args.output} in {seconds:.1f} s ({out.stat().st_size / 2**20:.1f} MiB)")
+    for line in write_metadata(args.output, metadata(model, name, info, size, args.class_names)):
+        print(line)
     if args.no_verify:
         return 0
     if fft_ops:

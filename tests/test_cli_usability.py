@@ -259,9 +259,30 @@ def test_ctrl_c_is_one_line_naming_the_checkpoint_and_exit_130(tmp_path, data):
     assert proc.returncode == main_mod.EXIT_INTERRUPTED, err[-3000:]
     assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert 'Interrupted (Ctrl-C)' in last and 'relaunch the same command to resume from it' in last, last
-    newest = checkpoints.find_resume_checkpoint(out)
-    assert f'the newest checkpoint is {newest}' in last, last
+    assert 'Interrupted (Ctrl-C)' in last and 'relaunch the same command to continue from there' in last, last
+    newest = checkpoints.find_resume_checkpoint(out)  # the step Ctrl-C arrived in, saved: what a relaunch resumes
+    assert newest == out / checkpoints.PREEMPT_NAME and f'saved {newest} at that step' in last, last
+    assert not list(out.glob('.tmp-*'))
+
+
+def test_second_ctrl_c_stops_at_once(tmp_path):
+    """The first Ctrl-C only asks for a save at the end of the step; a second one, for a step too slow to wait
+    for, raises KeyboardInterrupt (real signals to this process)."""
+    previous = signal.getsignal(signal.SIGINT)
+    utils.STOP.install((signal.SIGTERM, signal.SIGUSR2, signal.SIGINT))
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.1)  # delivered between bytecodes
+        assert utils.STOP.requested and utils.STOP.ctrl_c
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        utils.STOP.uninstall()
+    assert signal.getsignal(signal.SIGINT) is previous
+    utils.STOP.install(())  # a new run starts with nothing requested
+    assert not utils.STOP.requested and not utils.STOP.ctrl_c
+    utils.STOP.uninstall()
 
 
 def test_ctrl_c_before_training_is_one_line(monkeypatch, capsys, data):

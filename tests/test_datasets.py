@@ -167,11 +167,11 @@ def test_imnet_layout_loads_with_imagefolder_labels(tmp_path: Any) -> None:
     assert x.shape == (3, 40, 40) and y == 2
 
 
-@pytest.mark.parametrize('problem', ['missing', 'extra', 'hidden'])
+@pytest.mark.parametrize('problem', ['missing', 'extra', 'both', 'hidden'])
 def test_val_classes_must_match_train(tmp_path: Any, problem: str) -> None:
     train, val = str(tmp_path / 'train'), str(tmp_path / 'val')
     make_folder(train, ['ant', 'bee', 'cat'], 1)
-    classes = {'missing': ['ant', 'cat'], 'extra': ['ant', 'bee', 'cat', 'dog'],
+    classes = {'missing': ['ant', 'cat'], 'extra': ['ant', 'bee', 'cat', 'dog'], 'both': ['ant', 'cat', 'dog'],
                'hidden': ['ant', 'bee', 'cat', '.ipynb_checkpoints']}[problem]
     make_folder(val, classes, 1)
     args = make_args(data_path=train, eval_data_path=val, nb_classes=3)
@@ -180,8 +180,11 @@ def test_val_classes_must_match_train(tmp_path: Any, problem: str) -> None:
         D.build_dataset(False, args)
     message = str(err.value)
     assert '\n' not in message
-    expected = {'missing': "'bee'", 'extra': "'dog'", 'hidden': os.path.join(val, '.ipynb_checkpoints')}[problem]
+    expected = {'missing': "'bee'", 'extra': "'dog'", 'both': "'bee' found in training folder",
+                'hidden': os.path.join(val, '.ipynb_checkpoints')}[problem]
     assert expected in message and val in message
+    if problem == 'both':  # the missing and the extra classes, in one line
+        assert "has class folder(s) 'dog' not in training folder" in message, message
 
 
 def test_layout_errors_name_the_path(tmp_path: Any) -> None:
@@ -247,40 +250,81 @@ def _with_bad_files(tmp_path: Any) -> Tuple[str, str, str]:
     return root, not_image, truncated
 
 
+def test_file_that_is_not_an_image_fails_the_scan_with_one_line_naming_it(tmp_path: Any) -> None:
+    root, not_image, truncated = _with_bad_files(tmp_path)
+    with pytest.raises(D.BadImageError) as err:
+        D.build_dataset(True, make_args(data_path=root))  # before any image is decoded
+    message = str(err.value)
+    assert '\n' not in message and f"cannot read image file '{not_image}' (not an image: it starts with" in message
+    assert 'pass --skip_bad_images' in message and truncated not in message  # a cut-off file passes the scan
+    empty = os.path.join(root, 'b', '002.png')
+    open(empty, 'wb').close()
+    with pytest.raises(D.BadImageError) as err:
+        D.build_dataset(True, make_args(data_path=root))
+    assert f"nor 1 more file(s) of the training data ('{empty}')" in str(err.value)
+
+
+def test_scan_accepts_images_whatever_their_extension_says(tmp_path: Any) -> None:
+    """ImageNet has PNG data in .JPEG files; a format outside the signature table goes to PIL's header reader."""
+    root = str(tmp_path / 'data')
+    make_folder(root, ['a'], 2)
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(os.path.join(root, 'a', 'png_inside.jpg'), format='PNG')
+    Image.fromarray(pixels).save(os.path.join(root, 'a', 'pcx_inside.png'), format='PCX')
+    assert D.image_header_problem(os.path.join(root, 'a', 'pcx_inside.png')) is None
+    dataset, _ = D.build_dataset(True, make_args(data_path=root))
+    assert len(dataset) == 4
+
+
+def test_header_check_is_cheap_and_reads_only_the_first_bytes(tmp_path: Any) -> None:
+    root = str(tmp_path / 'data')
+    paths = make_folder(root, ['a'], 2)
+    big = os.path.join(root, 'a', 'big.png')
+    with open(big, 'wb') as f:  # a PNG signature, then a (sparse) 64 MB: reading it whole would show in the time
+        f.write(b'\x89PNG\r\n\x1a\n')
+        f.truncate(64 << 20)
+    many = (paths + [big]) * 1000
+    start = time.perf_counter()
+    assert D.check_image_headers(many) == []
+    assert time.perf_counter() - start < 3.0  # ~10 us a file; 3,000 files
+
+
 @pytest.mark.parametrize('num_workers', [0, 2])
 def test_corrupt_image_error_names_file(tmp_path: Any, num_workers: int) -> None:
+    """A file cut short after its header passes the scan and fails when decoded, naming the file."""
     root, not_image, truncated = _with_bad_files(tmp_path)
-    for bad_index, bad_path in ((1, not_image), (3, truncated)):
-        dataset, _ = D.build_dataset(True, make_args(data_path=root))
-        loader = D.build_loader(dataset, D.EvalShardSampler(len(dataset), 1, 0), 1, num_workers, False, False)
-        with pytest.raises(UserError) as err:
-            for i, _ in enumerate(loader):
-                assert i < bad_index
-        message = str(err.value)
-        assert isinstance(err.value, D.BadImageError)
-        assert '\n' not in message and f"'{bad_path}'" in message and '--skip_bad_images' in message
-        assert 'Traceback' not in message
-        write_image(bad_path, 99)  # repaired: the next round meets the next bad file
+    os.remove(not_image)
+    dataset, _ = D.build_dataset(True, make_args(data_path=root))
+    loader = D.build_loader(dataset, D.EvalShardSampler(len(dataset), 1, 0), 1, num_workers, False, False)
+    with pytest.raises(UserError) as err:
+        for i, _ in enumerate(loader):
+            assert i < 2  # a/000, a/002, then b/000 (truncated)
+    message = str(err.value)
+    assert isinstance(err.value, D.BadImageError)
+    assert '\n' not in message and f"'{truncated}'" in message and '--skip_bad_images' in message
+    assert 'Traceback' not in message
 
 
 def test_corrupt_image_is_skipped_deterministically_when_asked(tmp_path: Any, caplog: Any) -> None:
     root, not_image, truncated = _with_bad_files(tmp_path)
     args = make_args(data_path=root, eval_data_path=root, skip_bad_images=True)
-    dataset, _ = D.build_dataset(False, args)  # eval transform: deterministic, so samples can be compared
+    with caplog.at_level(logging.WARNING, logger='datasets'):
+        dataset, _ = D.build_dataset(False, args)  # eval transform: deterministic, so samples can be compared
+    assert f"leaving out unreadable image file '{not_image}'" in caplog.text  # at the scan, before training
+    assert len(dataset) == 5 and not_image not in [p for p, _ in dataset.samples]
+    caplog.clear()
     before = D.skipped_image_count()
     with caplog.at_level(logging.WARNING, logger='datasets'):
-        x1, y1 = dataset[1]
-        x3, y3 = dataset[3]
-    assert D.skipped_image_count() - before == 2
-    assert not_image in caplog.text and truncated in caplog.text
-    x2, y2 = dataset[2]
-    x4, y4 = dataset[4]
-    assert torch.equal(x1, x2) and y1 == y2 == 0  # index 1 is replaced by index 2
-    assert torch.equal(x3, x4) and y3 == y4 == 1  # index 3 by index 4
+        x2, y2 = dataset[2]  # b/000.png, truncated: replaced when decoded
+    assert D.skipped_image_count() - before == 1
+    assert truncated in caplog.text and 'next readable image is used in its place' in caplog.text
+    assert 'or pass --skip_bad_images' not in caplog.text  # the flag is already on
+    x3, y3 = dataset[3]
+    assert torch.equal(x2, x3) and y2 == y3 == 1  # index 2 is replaced by index 3
 
     loader = D.build_loader(dataset, D.EvalShardSampler(len(dataset)), 2, 2, False, False)
     xs, ys = collect(loader)
-    assert xs.shape[0] == 6 and torch.equal(xs[1], x2) and ys.tolist() == [0, 0, 0, 1, 1, 1]
+    assert xs.shape[0] == 5 and torch.equal(xs[2], x3) and ys.tolist() == [0, 0, 1, 1, 1]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ checkpoints are real hornet_tiny variants saved in the original release's format
 """
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import math
@@ -305,6 +306,46 @@ def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_ru
     assert '--input_size 64 differs from the 32 px' in proc.stderr and '(64x64' in proc.stdout
     proc = run_script('export.py', '--output', out)
     assert_one_line_error(proc, '--model')
+
+
+def test_export_writes_the_preprocessing_and_class_names_into_the_onnx_metadata(tmp_path, quickstart_run):
+    """Read back with onnx alone, the metadata is enough to preprocess an image exactly as ``main.py --eval`` does
+    (checked against datasets.build_transform) and to name the outputs in label order."""
+    onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
+    from PIL import Image
+
+    import datasets
+    data, ckpt, _ = quickstart_run
+    out = tmp_path / 'qs.onnx'
+    proc = run_script('export.py', '--checkpoint', ckpt, '--output', out, '--input_size', 64, '--no_verify')
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta['class_names']) == ['circle', 'cross', 'square', 'triangle']
+    assert meta['class_names_source'] == f"the class folders of {data / 'train'}"
+    assert meta['model'] == 'hornet_micro_7x7'
+    assert f"metadata preprocessing: {meta['preprocessing']}" in proc.stdout
+    assert "metadata class_names: 'circle', 'cross', 'square', 'triangle' (from the class folders" in proc.stdout
+    assert json.loads(meta['input_size']) == [3, 64, 64] and meta['interpolation'] == 'bicubic'
+    assert json.loads(meta['resize']) == {'shorter_side': 73} and float(meta['crop_pct']) == 0.875
+
+    # the metadata applied by hand (PIL resize, crop, scale, normalise) == main.py's evaluation transform
+    image = Image.open(sorted((data / 'val' / 'square').iterdir())[0]).convert('RGB').crop((0, 0, 48, 40))
+    side = json.loads(meta['resize'])['shorter_side']
+    w, h = image.size
+    resized = image.resize((side, int(side * h / w)) if w < h else (int(side * w / h), side),
+                           Image.Resampling[meta['interpolation'].upper()])
+    ch, cw = json.loads(meta['center_crop'])
+    top, left = round((resized.height - ch) / 2), round((resized.width - cw) / 2)
+    x = torch.from_numpy(np.asarray(resized.crop((left, top, left + cw, top + ch)), dtype=np.float32) / 255)
+    x = (x - torch.tensor(json.loads(meta['mean']))) / torch.tensor(json.loads(meta['std']))
+    args = argparse.Namespace(**torch.load(ckpt, map_location='cpu', weights_only=True)['args'])
+    args.input_size = 64
+    reference = datasets.build_transform(False, args)(image)
+    torch.testing.assert_close(x.permute(2, 0, 1), reference, rtol=0, atol=1e-5)
+
+    proc = run_script('export.py', '--checkpoint', ckpt, '--output', out, '--no_verify')  # 32 px: no resize
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert 'resize' not in meta and json.loads(meta['center_crop']) == [QS_SIZE, QS_SIZE]
 
 
 # ---------------------------------------------------------------------------------------------------- export

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import signal
 import subprocess
@@ -268,26 +269,35 @@ def _wait_for(proc, pattern: str, timeout: float = 120) -> None:
 
 
 def _popen(argv):
+    # its own session, like a terminal's foreground job, so that a Ctrl-C can go to the whole process group
     return subprocess.Popen([sys.executable, str(REPO / 'main.py')] + argv, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env(), cwd=str(REPO))
+                            stderr=subprocess.PIPE, text=True, env=env(), cwd=str(REPO), start_new_session=True)
 
 
 @pytest.mark.parametrize('sig,when', [(signal.SIGKILL, 'Epoch: [1] [ 5/'), (signal.SIGTERM, 'Epoch: [1] [ 6/'),
-                                      (signal.SIGKILL, 'checkpoint-0.pth (epoch')])
+                                      (signal.SIGKILL, 'checkpoint-0.pth (epoch'), (signal.SIGINT, 'Epoch: [1] [ 7/')])
 def test_resume_after_kill_is_bitwise_identical(tmp_path, data, reference_run, sig, when):
+    """SIGINT is a terminal's Ctrl-C: sent to the process group, the loader workers included."""
     out = tmp_path / 'run'
     argv = base_args(data, out, epochs=3, num_workers=2, model_ema='true', print_freq=1)
     proc = _popen(argv)
     try:
         _wait_for(proc, when)
-        proc.send_signal(sig)
-        proc.wait(timeout=60)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
-    if sig == signal.SIGTERM:
-        assert proc.returncode == main_mod.EXIT_PREEMPTED
+            os.killpg(proc.pid, signal.SIGKILL)
+    if sig in (signal.SIGTERM, signal.SIGINT):
+        assert proc.returncode == (main_mod.EXIT_PREEMPTED if sig == signal.SIGTERM else main_mod.EXIT_INTERRUPTED)
         assert (out / 'checkpoint-preempt.pth').exists()
+        assert torch.load(out / 'checkpoint-preempt.pth', weights_only=True)['step_in_epoch'] >= 7
+    if sig == signal.SIGINT:
+        assert 'Traceback' not in err, err[-3000:]
+        assert 'Interrupted (Ctrl-C) in epoch 1' in err.strip().splitlines()[-1], err[-3000:]
     again = run_main(argv)
     assert again.returncode == 0, again.stderr[-3000:]
     assert 'Resum' in again.stderr
