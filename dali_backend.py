@@ -21,8 +21,11 @@ from typing import Any, Iterator, List, Optional, Tuple
 import numpy as np
 import torch
 from PIL import Image
+from timm.data.transforms import RandomResizedCropAndInterpolation
 
+from datasets import seed_sample_rngs
 from errors import UserError
+from transforms import ErasingParams, load_image, seed_sequence
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +80,6 @@ class DaliTrainLoader:
         reason = dali_missing()
         if reason:
             raise UserError(f'--data_backend dali: {reason}')
-        from loaders import ErasingParams
-        from timm.data.transforms import RandomResizedCropAndInterpolation
         if not hasattr(dataset, 'samples'):
             raise UserError('--data_backend dali reads image files: use an image-folder --data_set (IMNET, '
                             'image_folder, QUICKSTART), or --data_backend pil for CIFAR')
@@ -101,7 +102,6 @@ class DaliTrainLoader:
 
     # -- python side: what the PIL path draws per sample, without decoding
     def _sample(self, epoch: int, index: int) -> Tuple[np.ndarray, int, np.ndarray, np.ndarray, bool, torch.Tensor]:
-        from datasets import load_image, seed_sample_rngs
         path, label = self.dataset.samples[index]
         seed_sample_rngs(self.seed, epoch, index)
         try:
@@ -156,14 +156,14 @@ class DaliTrainLoader:
         return pipe, boxes_per_batch
 
     def __iter__(self) -> Iterator[Tuple[Tuple[torch.Tensor, torch.Tensor], torch.Tensor]]:
-        from datasets import _mix
         order = list(self.sampler)
         n = len(order) // self.batch_size
         batches = [order[k * self.batch_size:(k + 1) * self.batch_size] for k in range(n)]
         if not batches:
             return
         epoch = int(batches[0][0][0])
-        seed = int(_mix(self.seed, 0xDA11, epoch, int(getattr(self.sampler, 'start', 0))).generate_state(1)[0]) >> 1
+        start = int(getattr(self.sampler, 'start', 0))
+        seed = int(seed_sequence(self.seed, 0xDA11, epoch, start).generate_state(1)[0]) >> 1
         pipe, boxes = self._pipeline(batches, seed)
         try:
             for k in range(n):

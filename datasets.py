@@ -1,4 +1,7 @@
-"""Datasets, transforms and exact, resumable sampling for HorNet training (ConvNeXt/DeiT-style flags).
+"""Datasets and exact, resumable sampling for HorNet training (ConvNeXt/DeiT-style flags).
+
+Decoding and transforms live in ``transforms.py``, the quick-start images in ``quickstart.py``, the device side of the
+input pipeline in ``loaders.py``.
 
 Design notes (why things are the way they are):
 
@@ -9,29 +12,27 @@ Design notes (why things are the way they are):
   RNG from a hash of ``(seed, epoch, index)`` before loading. A sample's augmentation therefore depends only on what it
   is, never on which worker or rank loads it, in which order, or how many workers exist; resuming mid-epoch continues
   with exactly the unseen samples and the same augmentations an uninterrupted run would have drawn.
-* Unreadable images raise ``BadImageError`` (a ``UserError``) whose message survives the trip out of a DataLoader
-  worker as one line naming the file; ``--skip_bad_images`` replaces them deterministically instead.
+* Unreadable images raise ``transforms.BadImageError`` (a one-line ``UserError``); ``--skip_bad_images`` leaves out
+  files that are not images at the scan and replaces images that fail to decode deterministically instead.
 """
-import json
 import logging
 import math
 import os
 import pickle
 import random
-import shutil
 import signal
-import tempfile
 import time
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tv_datasets
-from torchvision import transforms
 
 from errors import UserError
+from quickstart import ensure_quickstart
+from transforms import (BadImageError, build_transform, build_uint8_transform, image_header_problem, load_image,
+                        load_image_fast, seed_sequence, uint8_pipeline)
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ SKIPPED_IMAGES = 0
 # Domain tags so the epoch-order seed and the per-sample seed never coincide even for equal (seed, epoch).
 _ORDER_TAG = 0x0D3E
 _SAMPLE_TAG = 0x5A3F
-_U64 = 1 << 64
 
 
 def skipped_image_count() -> int:
@@ -55,178 +55,8 @@ def skipped_image_count() -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Transforms
+# Folder datasets
 # ----------------------------------------------------------------------------------------------------------------------
-
-def _mean_std(args: Any) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
-    """ImageNet default mean/std when asked for, else the inception 0.5/0.5 the ConvNeXt recipe uses by default."""
-    from timm.data.constants import (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN,
-                                     IMAGENET_INCEPTION_STD)
-    if getattr(args, 'imagenet_default_mean_and_std', False):
-        return IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-    return IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
-
-
-def _auto_augment(aa: Optional[str]) -> Optional[str]:
-    """Map the CLI spellings of 'no auto-augment' ('none', '', None) to None, which timm understands."""
-    if aa is None or str(aa).strip().lower() in ('', 'none'):
-        return None
-    return str(aa)
-
-
-def _posterize_compat(img: Image.Image, bits_to_keep: int, **_: Any) -> Image.Image:
-    """timm's posterize, keeping its meaning for 0 bits (a black image, as Pillow < 11 gave).
-
-    timm maps RandAugment magnitude 10 ('PosterizeIncreasing', reached whenever mstd noise pushes m9 to the clip) and
-    magnitude 0 ('Posterize') to 0 bits, which current Pillow rejects with ValueError, crashing training mid-epoch.
-    """
-    if bits_to_keep >= 8:
-        return img
-    if bits_to_keep < 1:
-        return img.point([0] * 256 * len(img.getbands()))
-    return ImageOps.posterize(img, int(bits_to_keep))
-
-
-def _use_compatible_posterize(transform: Callable) -> None:
-    """Point every posterize op of timm's RandAugment/AutoAugment/AugMix inside ``transform`` at _posterize_compat."""
-    from timm.data.auto_augment import AugmentOp
-    for step in getattr(transform, 'transforms', []):
-        ops = list(getattr(step, 'ops', None) or [])
-        for sub_policy in getattr(step, 'policy', None) or []:
-            ops.extend(sub_policy)
-        for op in ops:
-            if isinstance(op, AugmentOp) and op.name.startswith('Posterize'):
-                op.aug_fn = _posterize_compat
-
-
-def build_transform(is_train: bool, args: Any) -> Callable:
-    """The ConvNeXt train/eval transforms, so results are comparable with the original recipe.
-
-    Train: timm ``create_transform`` (RandomResizedCrop, flip, RandAugment, color jitter, normalize, random erasing);
-    for ``input_size <= 32`` (CIFAR) the crop is RandomCrop(padding=4), as in the original.
-    Eval: ``input_size >= 384`` warps to a square (no crop); otherwise bicubic resize of the shorter side to
-    ``int(input_size / crop_pct)`` then CenterCrop. For ``input_size <= 32`` the original does no resizing; we add
-    only a CenterCrop(input_size), a no-op on native-size images that keeps eval tensors the size training sees.
-    """
-    from timm.data import create_transform
-    input_size = int(args.input_size)
-    mean, std = _mean_std(args)
-    resize_im = input_size > 32
-    if is_train:
-        transform = create_transform(
-            input_size=input_size,
-            is_training=True,
-            color_jitter=getattr(args, 'color_jitter', 0.4),
-            auto_augment=_auto_augment(getattr(args, 'aa', None)),
-            interpolation=getattr(args, 'train_interpolation', 'bicubic'),
-            re_prob=getattr(args, 'reprob', 0.0),
-            re_mode=getattr(args, 'remode', 'pixel'),
-            re_count=getattr(args, 'recount', 1),
-            scale=tuple(getattr(args, 'train_crop_scale', None) or (0.08, 1.0)),
-            mean=mean,
-            std=std,
-        )
-        if not resize_im:
-            transform.transforms[0] = transforms.RandomCrop(input_size, padding=4)
-        _use_compatible_posterize(transform)
-        return transform
-
-    steps: List[Callable] = []
-    bicubic = transforms.InterpolationMode.BICUBIC
-    if not resize_im:
-        steps.append(transforms.CenterCrop(input_size))
-    elif input_size >= 384:
-        steps.append(transforms.Resize((input_size, input_size), interpolation=bicubic))
-        logger.info('Warping %d size input images (no center crop)', input_size)
-    else:
-        crop_pct = getattr(args, 'crop_pct', None)
-        crop_pct = 224 / 256 if crop_pct is None else float(crop_pct)
-        if not 0.0 < crop_pct <= 1.0:
-            raise UserError(f'--crop_pct must be in (0, 1], got {crop_pct}; e.g. pass --crop_pct 0.875')
-        steps.append(transforms.Resize(int(input_size / crop_pct), interpolation=bicubic))
-        steps.append(transforms.CenterCrop(input_size))
-    steps.append(transforms.ToTensor())
-    steps.append(transforms.Normalize(mean, std))
-    return transforms.Compose(steps)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Image loading
-# ----------------------------------------------------------------------------------------------------------------------
-
-class BadImageError(UserError):
-    """An image file that cannot be decoded; ``str()`` is one line naming the file.
-
-    DataLoader workers re-raise exceptions in the main process as ``type(exc)(multi_line_traceback_text)``; the
-    constructor recognises that text and keeps only our original one-line message, so ``main.py`` still prints one
-    line naming the file. ``reason`` is the decoder's complaint alone (for the --skip_bad_images warning).
-    """
-
-    def __init__(self, message: str, path: Optional[str] = None, reason: Optional[str] = None) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(_one_line_bad_image_message(message))
-
-
-def _one_line_bad_image_message(message: str) -> str:
-    """Recover our one-line message from a DataLoader worker's 'Caught ... Original Traceback ...' text."""
-    if '\n' not in message:
-        return message
-    marker = BadImageError.__name__ + ': '
-    for line in reversed(message.splitlines()):
-        pos = line.find(marker)
-        if pos >= 0:
-            return line[pos + len(marker):].strip()
-    return ' '.join(part.strip() for part in message.splitlines() if part.strip())
-
-
-def load_image(path: str) -> Image.Image:
-    """Decode ``path`` fully to RGB now, so corrupt or truncated files fail here with the file named."""
-    try:
-        with Image.open(path) as img:
-            return img.convert('RGB')
-    except MemoryError:
-        raise
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError, struct.error, ...)
-        if isinstance(exc, UnidentifiedImageError):
-            reason = 'not a recognised image format'  # PIL's own text repeats the path
-        else:
-            reason = (str(exc).splitlines() or [''])[0] or type(exc).__name__
-        raise BadImageError(f"cannot read image file '{path}' ({reason}); delete or replace it, "
-                            f"or pass --skip_bad_images to skip unreadable images", path=path, reason=reason) from None
-
-
-# The first bytes of the formats in IMG_EXTENSIONS (and GIF). A file that starts otherwise is opened by PIL, which
-# reads only its header, before it is called unreadable: PIL knows more formats than this table.
-_IMAGE_SIGNATURES = (b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n', b'GIF87a', b'GIF89a', b'BM', b'II*\x00', b'MM\x00*')
-_HEADER_BYTES = 32
-
-
-def image_header_problem(path: str) -> Optional[str]:
-    """Why ``path`` cannot be an image, judged from its first bytes only (None: it looks like one).
-
-    Cheap enough for every file of a data set (one open and a 32-byte read, ~10 us on a local disk): it catches
-    text, HTML error pages, empty files, broken links and unreadable permissions before training starts. A file
-    cut short after its header passes and is reported when it is decoded.
-    """
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(_HEADER_BYTES)
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    if not head:
-        return 'empty file'
-    if head.startswith(_IMAGE_SIGNATURES) or (head[:4] == b'RIFF' and head[8:12] == b'WEBP') or \
-            (len(head) > 2 and head[:1] == b'P' and head[1:2] in b'1234567' and head[2:3].isspace()):
-        return None
-    try:
-        with Image.open(path):  # header only; the pixels are not read
-            return None
-    except MemoryError:
-        raise
-    except Exception:  # PIL raises many types
-        return f'not an image: it starts with {head[:16]!r}'
-
 
 def check_image_headers(paths: Sequence[str]) -> List[Tuple[str, str]]:
     """``(path, problem)`` for each file of ``paths`` whose first bytes are not an image's, in ``paths`` order.
@@ -241,15 +71,11 @@ def check_image_headers(paths: Sequence[str]) -> List[Tuple[str, str]]:
     return bad
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Folder datasets
-# ----------------------------------------------------------------------------------------------------------------------
-
 def _layout_hint(root: str) -> str:
     return f'expected {root}/<class_name>/<image files ({", ".join(IMG_EXTENSIONS)})>'
 
 
-def _scandir_sorted(path: str) -> List[os.DirEntry]:
+def scandir_sorted(path: str) -> List[os.DirEntry]:
     """Directory entries sorted by name (scandir order is filesystem dependent; sample order must not be)."""
     try:
         with os.scandir(path) as it:
@@ -260,7 +86,8 @@ def _scandir_sorted(path: str) -> List[os.DirEntry]:
         raise UserError(f"cannot read directory '{path}' ({exc.strerror or exc}); check that path") from None
 
 
-def _dir_id(path: str) -> Tuple[int, int]:
+def dir_id(path: str) -> Tuple[int, int]:
+    """``(device, inode)`` of ``path``: the same directory whichever link leads to it (symlink loop checks)."""
     st = os.stat(path)
     return st.st_dev, st.st_ino
 
@@ -269,7 +96,7 @@ def find_classes(root: str, role: str = 'training') -> List[str]:
     """Sorted class-folder names under ``root`` (ImageFolder order), rejecting layouts that would mislabel data."""
     if not root or not os.path.isdir(root):
         raise UserError(f"{role} data folder '{root}' does not exist or is not a directory; {_layout_hint(root)}")
-    entries = _scandir_sorted(root)
+    entries = scandir_sorted(root)
     dirs = [e for e in entries if e.is_dir()]
     hidden = [e.name for e in dirs if e.name.startswith('.')]
     if hidden:
@@ -282,18 +109,18 @@ def find_classes(root: str, role: str = 'training') -> List[str]:
     return [e.name for e in dirs]
 
 
-def _list_images(class_dir: str, ancestors: Dict[Tuple[int, int], str]) -> List[str]:
+def list_images(class_dir: str, ancestors: Dict[Tuple[int, int], str]) -> List[str]:
     """Image files under ``class_dir`` (recursive, following symlinks, sorted), failing fast on symlink loops."""
     found: List[str] = []
-    for entry in _scandir_sorted(class_dir):
+    for entry in scandir_sorted(class_dir):
         if entry.name.startswith('.'):
             continue  # hidden files/dirs inside a class (e.g. macOS '._x.jpg' resource forks) are not samples
         path = os.path.join(class_dir, entry.name)
         if entry.is_dir():
-            ident = _dir_id(path)
+            ident = dir_id(path)
             if ident in ancestors:
                 raise UserError(f"symlink loop: '{path}' leads back to '{ancestors[ident]}'; remove that link")
-            found.extend(_list_images(path, {**ancestors, ident: path}))
+            found.extend(list_images(path, {**ancestors, ident: path}))
         elif entry.name.lower().endswith(IMG_EXTENSIONS):
             found.append(path)  # broken links are kept so loading names them as unreadable
     return found
@@ -313,7 +140,7 @@ class ImageFolderDataset(Dataset):
                  check_files: bool = True) -> None:
         self.root = root
         self.transform = transform
-        self.loader = loader or load_image  # loaders.load_image_fast for the uint8 training pipeline
+        self.loader = loader or load_image  # transforms.load_image_fast for the uint8 training pipeline
         self.skip_bad_images = skip_bad_images
         found = find_classes(root, role)
         if classes is not None:
@@ -321,13 +148,13 @@ class ImageFolderDataset(Dataset):
         self.classes: List[str] = found
         self.class_to_idx: Dict[str, int] = {name: i for i, name in enumerate(found)}
         self.samples: List[Tuple[str, int]] = []
-        root_id = _dir_id(root)
+        root_id = dir_id(root)
         for name in found:
             class_dir = os.path.join(root, name)
-            class_id = _dir_id(class_dir)
+            class_id = dir_id(class_dir)
             if class_id == root_id:
                 raise UserError(f"symlink loop: '{class_dir}' leads back to '{root}'; remove that link")
-            images = _list_images(class_dir, {root_id: root, class_id: class_dir})
+            images = list_images(class_dir, {root_id: root, class_id: class_dir})
             if not images:
                 if not os.listdir(class_dir):
                     raise UserError(f"class folder '{class_dir}' is empty; add its images or remove the folder")
@@ -454,7 +281,7 @@ def _require_cifar_files(cls: type, root: str, name: str) -> None:
                         f"(missing: {', '.join(missing)}); extract {cls.filename} into '{root}' (set by --data_path)")
 
 
-def _build_cifar(is_train: bool, root: str, transform: Callable, ten: bool) -> Dataset:
+def build_cifar(is_train: bool, root: str, transform: Callable, ten: bool) -> Dataset:
     cls = LocalCIFAR10 if ten else LocalCIFAR100
     name = 'CIFAR-10' if ten else 'CIFAR-100'
     _require_cifar_files(cls, root, name)
@@ -480,30 +307,21 @@ def _folder_pair(is_train: bool, train_root: str, val_root: str, args: Any, tran
     """Training folder, or validation folder checked against the training folder's class list."""
     skip = bool(getattr(args, 'skip_bad_images', False))
     if is_train:
-        fast = None
-        if _uint8_pipeline(args):
-            from loaders import load_image_fast
-            fast = load_image_fast
+        fast = load_image_fast if uint8_pipeline(args) else None
         return ImageFolderDataset(train_root, transform, skip, role='training', loader=fast)
     train_classes = find_classes(train_root, 'training')
     return ImageFolderDataset(val_root, transform, skip, role='validation', classes=train_classes,
                               reference_root=train_root)
 
 
-def _uint8_pipeline(args: Any) -> bool:
-    """``--data_backend pil`` (main.py's default) or ``dali``: uint8 samples (loaders.py, dali_backend.py)."""
-    return getattr(args, 'data_backend', None) in ('pil', 'dali')
-
-
 def build_dataset(is_train: bool, args: Any) -> Tuple[Dataset, int]:
     """Return ``(dataset, nb_classes)`` for ``args.data_set``; every layout problem is a one-line UserError.
 
-    With ``args.data_backend == 'pil'`` the transforms are loaders.build_uint8_transform's (uint8 samples; training
-    samples are ``(image, erasing boxes)``), to be normalised on the device by ``loaders.wrap_loader``. Without that
-    attribute they are the float transforms of :func:`build_transform`.
+    With ``args.data_backend`` ``pil`` or ``dali`` the transforms are ``transforms.build_uint8_transform``'s (uint8
+    samples; training samples are ``(image, erasing boxes)``), to be normalised on the device by
+    ``loaders.wrap_loader``. Without that attribute they are the float transforms of ``transforms.build_transform``.
     """
-    if _uint8_pipeline(args):
-        from loaders import build_uint8_transform
+    if uint8_pipeline(args):
         transform = build_uint8_transform(is_train, args)
     else:
         transform = build_transform(is_train, args)
@@ -515,12 +333,12 @@ def build_dataset(is_train: bool, args: Any) -> Tuple[Dataset, int]:
         if not data_path:
             raise UserError(f'--data_path is required for --data_set {data_set} (the folder holding the extracted '
                             f'cifar-*-python files)')
-        dataset = _build_cifar(is_train, data_path, transform, ten=data_set == 'CIFAR10')
+        dataset = build_cifar(is_train, data_path, transform, ten=data_set == 'CIFAR10')
         nb_classes = len(dataset.classes)
         _check_nb_classes(args, nb_classes, f'--data_set {data_set}')
     elif data_set in ('IMNET', 'QUICKSTART'):
         if data_set == 'QUICKSTART':
-            data_path = _ensure_quickstart(data_path or os.path.join('.', 'data', 'quickstart'))
+            data_path = ensure_quickstart(data_path or os.path.join('.', 'data', 'quickstart'))
         if not data_path or not os.path.isdir(data_path):
             raise UserError(f"--data_path '{data_path}' does not exist; --data_set {data_set} expects "
                             f"<data_path>/train/<class>/<images> and <data_path>/val/<class>/<images>")
@@ -552,20 +370,13 @@ def build_dataset(is_train: bool, args: Any) -> Tuple[Dataset, int]:
 # Exact, resumable sampling
 # ----------------------------------------------------------------------------------------------------------------------
 
-def _mix(seed: int, *keys: int) -> np.random.SeedSequence:
-    """A stable hash of integers (unlike Python's hash(), identical across processes, runs and platforms)."""
-    if any(k < 0 for k in keys):
-        raise ValueError(f'seed keys must be non-negative, got {keys}')
-    return np.random.SeedSequence(entropy=int(seed) % _U64, spawn_key=tuple(int(k) for k in keys))
-
-
 def seed_sample_rngs(base_seed: int, epoch: int, index: int) -> None:
     """Seed python ``random``, ``numpy.random`` and torch's CPU generator for one sample.
 
     Only the CPU generator is seeded (not ``torch.manual_seed``), so with num_workers=0 the CUDA RNG used by training
     (dropout, drop-path) is left alone; CPU transforms only use the CPU generator.
     """
-    words = _mix(base_seed, _SAMPLE_TAG, epoch, index).generate_state(10, np.uint32)
+    words = seed_sequence(base_seed, _SAMPLE_TAG, epoch, index).generate_state(10, np.uint32)
     py_seed = int(words[0]) | int(words[1]) << 32 | int(words[2]) << 64 | int(words[3]) << 96
     random.seed(py_seed)
     np.random.seed(words[4:8])
@@ -639,7 +450,7 @@ class ResumableSampler(Sampler):
         """The epoch's order for all ranks together, truncated or padded to a multiple of num_replicas."""
         if self.shuffle:
             g = torch.Generator()
-            g.manual_seed(int(_mix(self.seed, _ORDER_TAG, epoch).generate_state(1, np.uint64)[0]))
+            g.manual_seed(int(seed_sequence(self.seed, _ORDER_TAG, epoch).generate_state(1, np.uint64)[0]))
             order = torch.randperm(self.num_samples, generator=g)
         else:
             order = torch.arange(self.num_samples)
@@ -708,186 +519,3 @@ def _ignore_ctrl_c(worker_id: int) -> None:  # noqa: ARG001
     step it is in and then shuts them down (a worker that died of it would fail the batches that step still needs).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# QUICKSTART: a procedurally generated, learnable image-folder dataset
-# ----------------------------------------------------------------------------------------------------------------------
-
-QUICKSTART_CLASSES = ('circle', 'square', 'triangle', 'cross', 'ring', 'horizontal_stripes', 'vertical_stripes',
-                      'checkerboard', 'diagonal_stripes', 'dots')
-QUICKSTART_MARKER = 'QUICKSTART.json'
-_QUICKSTART_FORMAT = 3
-
-
-def _shape_mask(kind: int, size: int, cx: float, cy: float, r: float) -> np.ndarray:
-    """Boolean mask of one shape of class ``kind`` centred at (cx, cy) with half-extent ``r``."""
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
-    dx, dy = xx - cx, yy - cy
-    box = (np.abs(dx) <= r) & (np.abs(dy) <= r)
-    dist = np.hypot(dx, dy)
-    w = max(2.0, r / 3.0)  # stripe / cell width
-    name = QUICKSTART_CLASSES[kind]
-    if name == 'circle':
-        return dist <= r
-    if name == 'square':
-        return (np.abs(dx) <= 0.85 * r) & (np.abs(dy) <= 0.85 * r)
-    if name == 'triangle':
-        return (dy >= -r) & (dy <= r) & (np.abs(dx) <= (dy + r) * 0.5)
-    if name == 'cross':
-        t = 0.28 * r
-        return ((np.abs(dx) <= t) & (np.abs(dy) <= r)) | ((np.abs(dy) <= t) & (np.abs(dx) <= r))
-    if name == 'ring':
-        return (dist <= r) & (dist >= 0.6 * r)
-    if name == 'horizontal_stripes':
-        return box & (np.floor((dy + r) / w) % 2 == 0)
-    if name == 'vertical_stripes':
-        return box & (np.floor((dx + r) / w) % 2 == 0)
-    if name == 'checkerboard':
-        return box & ((np.floor((dx + r) / w) + np.floor((dy + r) / w)) % 2 == 0)
-    if name == 'diagonal_stripes':
-        return box & (np.floor((dx + dy + 2 * r) / (w * 1.4)) % 2 == 0)
-    # dots: a 4x4 grid of small discs
-    p = 2 * r / 4
-    mx, my = (dx + r) % p - p / 2, (dy + r) % p - p / 2
-    return box & (np.hypot(mx, my) <= 0.3 * p)
-
-
-def _place_objects(size: int, rng: np.random.Generator) -> List[Tuple[float, float, float]]:
-    """One large (cx, cy, r) box: at 64 px and a stride-4 stem, a big single shape keeps the class learnable within
-    a few CPU minutes (small, repeated shapes took many more steps to rise above chance)."""
-    wanted = 1
-    placed: List[Tuple[float, float, float]] = []
-    for _ in range(50):
-        if len(placed) == wanted:
-            break
-        r = rng.uniform(0.28, 0.45) * size
-        cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
-        if all(max(abs(cx - x), abs(cy - y)) > r + q + 1 for x, y, q in placed):
-            placed.append((cx, cy, r))
-    return placed
-
-
-def _quickstart_image(kind: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One HxWx3 uint8 image: random background, a shape of the class in a contrasting colour, Gaussian noise."""
-    bg = rng.integers(0, 256, 3).astype(np.float64)
-    for _ in range(100):
-        fg = rng.integers(0, 256, 3).astype(np.float64)
-        if np.abs(fg - bg).sum() >= 180:
-            break
-    mask = np.zeros((size, size), dtype=bool)
-    for cx, cy, r in _place_objects(size, rng):
-        mask |= _shape_mask(kind, size, cx, cy, r)
-    img = np.where(mask[..., None], fg, bg)
-    img = img + rng.normal(0.0, rng.uniform(4.0, 16.0), img.shape)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
-
-
-def quickstart_class_names(num_classes: int = len(QUICKSTART_CLASSES)) -> List[str]:
-    """The quick-start class names in the model's label order: the class folders sorted by name, as every folder
-    data set is labelled (``find_classes``), not the generation order of ``QUICKSTART_CLASSES``."""
-    return sorted(QUICKSTART_CLASSES[:num_classes])
-
-
-def _repair_marker_class_order(root: str, marker: Dict[str, Any]) -> None:
-    """Markers written before the fix list the classes in generation order, which is not the label order: rewrite
-    the list (best effort, atomically; the images are unchanged, a read-only folder is left as it is)."""
-    classes = marker.get('classes')
-    if not isinstance(classes, list) or classes == sorted(classes):
-        return
-    path = os.path.join(root, QUICKSTART_MARKER)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix='.' + QUICKSTART_MARKER, dir=root)
-        with os.fdopen(fd, 'w') as f:
-            json.dump({**marker, 'classes': sorted(classes)}, f, indent=1)
-        os.replace(tmp, path)
-    except OSError as exc:
-        logger.debug('could not rewrite %s in label order: %s', path, exc)
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _read_marker(root: str) -> Optional[Dict[str, Any]]:
-    try:
-        with open(os.path.join(root, QUICKSTART_MARKER)) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"'{os.path.join(root, QUICKSTART_MARKER)}' is unreadable ({exc}); delete '{root}' so the "
-                        f"QUICKSTART dataset is regenerated") from None
-
-
-def make_quickstart_dataset(root: str, num_classes: int = 10, train_per_class: int = 200, val_per_class: int = 50,
-                            image_size: int = 64, seed: int = 0) -> str:
-    """Write (once) a deterministic shapes dataset as ``root/{train,val}/<class>/*.png`` and return ``root``.
-
-    The dataset is built in a temporary sibling directory and renamed into place with its completeness marker
-    already inside, so an interrupted run never leaves a half dataset and concurrent ranks cannot both publish one.
-    An existing complete dataset with the same parameters is reused.
-    """
-    if not 1 <= num_classes <= len(QUICKSTART_CLASSES):
-        raise UserError(f'QUICKSTART supports 1..{len(QUICKSTART_CLASSES)} classes, got {num_classes}')
-    if train_per_class < 1 or val_per_class < 1 or image_size < 8:
-        raise UserError('QUICKSTART needs train_per_class >= 1, val_per_class >= 1 and image_size >= 8')
-    params = dict(format=_QUICKSTART_FORMAT, num_classes=num_classes, train_per_class=train_per_class,
-                  val_per_class=val_per_class, image_size=image_size, seed=seed)
-    root = os.path.abspath(root)
-
-    def reuse_or_fail() -> Optional[str]:
-        marker = _read_marker(root)
-        if marker is None:
-            if os.path.isdir(root) and os.listdir(root):
-                raise UserError(f"'{root}' exists but is not a complete QUICKSTART dataset (no {QUICKSTART_MARKER}); "
-                                f"delete it or pass another --data_path")
-            if os.path.exists(root) and not os.path.isdir(root):
-                raise UserError(f"'{root}' is a file, not a directory; pass another --data_path for QUICKSTART")
-            return None
-        if {k: marker.get(k) for k in params} != params:
-            raise UserError(f"'{root}' holds a QUICKSTART dataset made with different parameters ({marker}); "
-                            f"delete it or pass another --data_path")
-        return root
-
-    if reuse_or_fail():
-        logger.info('Reusing QUICKSTART dataset at %s', root)
-        _repair_marker_class_order(root, _read_marker(root) or {})
-        return root
-
-    parent = os.path.dirname(root)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f'.{os.path.basename(root)}.tmp-', dir=parent)
-    logger.info('Generating QUICKSTART dataset (%d classes, %d+%d images per class, %d px) at %s',
-                num_classes, train_per_class, val_per_class, image_size, root)
-    try:
-        for split_id, (split, count) in enumerate((('train', train_per_class), ('val', val_per_class))):
-            for kind in range(num_classes):
-                name = QUICKSTART_CLASSES[kind]
-                class_dir = os.path.join(tmp, split, name)
-                os.makedirs(class_dir)
-                for i in range(count):
-                    rng = np.random.default_rng(_mix(seed, split_id, kind, i))
-                    Image.fromarray(_quickstart_image(kind, image_size, rng)).save(
-                        os.path.join(class_dir, f'{name}_{i:05d}.png'), format='PNG')
-        with open(os.path.join(tmp, QUICKSTART_MARKER), 'w') as f:
-            json.dump({**params, 'classes': quickstart_class_names(num_classes)}, f, indent=1)
-        try:
-            os.rename(tmp, root)  # atomic; succeeds onto a missing or empty directory only
-        except OSError:
-            if reuse_or_fail() is None:  # someone else did not publish one either: a real failure
-                raise
-            logger.info('Another process created the QUICKSTART dataset at %s first; reusing it', root)
-    finally:
-        if os.path.isdir(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root
-
-
-def _ensure_quickstart(root: str) -> str:
-    """Reuse any complete QUICKSTART dataset at ``root`` (whatever its parameters), else generate the default one."""
-    root = os.path.abspath(root)
-    marker = _read_marker(root)
-    if marker is not None:
-        _repair_marker_class_order(root, marker)
-        return root
-    return make_quickstart_dataset(root)

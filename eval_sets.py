@@ -41,6 +41,7 @@ from torch.utils.data import Dataset
 
 import datasets
 import engine
+import transforms
 import utils
 from errors import UserError
 
@@ -119,7 +120,7 @@ class EvalSetSpec:
 def _top_level(path: str) -> Tuple[List[str], List[str]]:
     """Names of the non-hidden folders and image files directly in ``path`` (sorted)."""
     dirs, images = [], []
-    for entry in datasets._scandir_sorted(path):
+    for entry in datasets.scandir_sorted(path):
         if entry.name.startswith('.'):
             continue  # hidden entries (.DS_Store, .ipynb_checkpoints) are neither classes nor images
         if entry.is_dir():
@@ -254,7 +255,7 @@ class EvalSet(Dataset):
         self.spec = spec
         self.samples = samples
         self.transform = transform
-        self.loader: Callable[[str], Any] = datasets.load_image  # as --eval's validation set
+        self.loader: Callable[[str], Any] = transforms.load_image  # as --eval's validation set
         self.class_folders = class_folders      # class folders found (0 for a flat folder)
         self.class_indices = class_indices      # -A/-R: the 1000-class logit columns scored, in timm's order
         self.label_sets = label_sets            # ReaL: (images, max set size) int64, padded with -1
@@ -278,14 +279,14 @@ class EvalSet(Dataset):
 
 def _class_images(spec: EvalSetSpec, folders: List[str]) -> List[Tuple[str, str]]:
     """``(folder name, image path)`` for every image under each class folder (recursive, sorted)."""
-    root_id = datasets._dir_id(spec.path)
+    root_id = datasets.dir_id(spec.path)
     found: List[Tuple[str, str]] = []
     for name in folders:
         class_dir = os.path.join(spec.path, name)
-        class_id = datasets._dir_id(class_dir)
+        class_id = datasets.dir_id(class_dir)
         if class_id == root_id:
             raise UserError(f"{spec.flag}: symlink loop: '{class_dir}' leads back to '{spec.path}'; remove that link")
-        images = datasets._list_images(class_dir, {root_id: spec.path, class_id: class_dir})
+        images = datasets.list_images(class_dir, {root_id: spec.path, class_id: class_dir})
         if not images:
             raise UserError(f"{spec.flag}: class folder '{class_dir}' has no image files "
                             f"({', '.join(datasets.IMG_EXTENSIONS)}); add its images or remove the folder")
@@ -405,10 +406,9 @@ def build_eval_set(spec: EvalSetSpec, transform: Optional[Callable]) -> EvalSet:
 def eval_transform(args: Any) -> Callable:
     """The transform ``--eval`` gives its validation set (datasets.build_dataset), so the sets are preprocessed alike:
     uint8 output for ``--data_backend pil|dali`` (normalised on the device by ``loaders.wrap_loader``), else floats."""
-    if datasets._uint8_pipeline(args):
-        from loaders import build_uint8_transform
-        return build_uint8_transform(False, args)
-    return datasets.build_transform(False, args)
+    if transforms.uint8_pipeline(args):
+        return transforms.build_uint8_transform(False, args)
+    return transforms.build_transform(False, args)
 
 
 def build_eval_sets(specs: Sequence[EvalSetSpec], transform: Optional[Callable]) -> List[EvalSet]:

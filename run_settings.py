@@ -33,7 +33,7 @@ import torch
 
 _logger = logging.getLogger('hornet')
 
-# --eval: what defines the model and the evaluation transform (datasets.build_transform / loaders)
+# --eval: what defines the model and the evaluation transform (transforms.build_transform / build_uint8_transform)
 EVAL_SETTINGS: Tuple[str, ...] = ('model', 'input_size', 'crop_pct', 'imagenet_default_mean_and_std', 'nb_classes')
 # training resume: the model as trained (a different value given is warned about)...
 MODEL_SETTINGS: Tuple[str, ...] = EVAL_SETTINGS + ('drop_path',)

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional
 
 _logger = logging.getLogger('checkpoint_meta')
 
-# main.py's defaults for the evaluation transform (see datasets.build_transform)
+# main.py's defaults for the evaluation transform (see transforms.build_transform)
 EVAL_DEFAULTS = {'crop_pct': None, 'imagenet_default_mean_and_std': True}
 
 
@@ -84,7 +84,7 @@ def resolve_input_size(cli_size: Optional[int], info: CheckpointInfo, model_defa
 
 
 def eval_transform_args(info: CheckpointInfo, input_size: int) -> argparse.Namespace:
-    """The flags ``datasets.build_transform(False, args)`` reads, as ``main.py --eval`` would set them for this
+    """The flags ``transforms.build_transform(False, args)`` reads, as ``main.py --eval`` would set them for this
     checkpoint: its recorded values, else main.py's defaults."""
     values = {k: info.args.get(k, v) for k, v in EVAL_DEFAULTS.items()}
     return argparse.Namespace(input_size=int(input_size), **values)
@@ -150,13 +150,13 @@ def _cifar_names(root: str, ten: bool) -> Optional[tuple]:
 
 def eval_preprocessing(info: CheckpointInfo, input_size: int) -> Dict[str, Any]:
     """The evaluation preprocessing of ``main.py --eval`` for this checkpoint, step by step, read off the transform
-    ``datasets.build_transform`` builds (so it cannot drift from it): ``description`` (one line) and the values a
+    ``transforms.build_transform`` builds (so it cannot drift from it): ``description`` (one line) and the values a
     runtime needs (``resize``, ``interpolation``, ``center_crop``, ``mean``, ``std``...), for an exported model."""
-    import datasets
+    import transforms
     args = eval_transform_args(info, input_size)
     out: Dict[str, Any] = {'input_size': [3, int(input_size), int(input_size)], 'layout': 'NCHW', 'color': 'RGB'}
     words = []
-    for step in datasets.build_transform(False, args).transforms:
+    for step in transforms.build_transform(False, args).transforms:
         kind = type(step).__name__
         if kind == 'Resize':
             interp = getattr(step.interpolation, 'value', str(step.interpolation))

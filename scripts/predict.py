@@ -8,7 +8,7 @@ Usage (from the repository root)::
     python scripts/predict.py --model hornet_base_gf --checkpoint ckpt.pth --topk 3 --json preds.json photos/
 
 PATHS are image files or folders (searched recursively for image extensions). Images go through the evaluation
-transform of ``main.py --eval`` (``datasets.build_transform``: bicubic resize of the shorter side to
+transform of ``main.py --eval`` (``transforms.build_transform``: bicubic resize of the shorter side to
 ``input_size / crop_pct`` and a center crop; a square warp at 384 px and above; normalization), so predictions on
 a validation folder reproduce the accuracy ``--eval`` reports.
 
@@ -245,10 +245,10 @@ def predict(args: argparse.Namespace) -> List[dict]:
         raise UserError(f"cannot use --device {args.device}: {' '.join(str(e).split())} (try --device cpu)") \
             from None
 
-    import datasets  # the evaluation transform of main.py --eval, so the numbers agree with it
+    import transforms  # the evaluation transform of main.py --eval, so the numbers agree with it
     default_size = int(model.pretrained_cfg.get('input_size', (3, 224, 224))[-1])
     size = checkpoint_meta.resolve_input_size(args.input_size, info, default_size)
-    transform = datasets.build_transform(False, checkpoint_meta.eval_transform_args(info, size))
+    transform = transforms.build_transform(False, checkpoint_meta.eval_transform_args(info, size))
     data_cfg = {'input_size': [3, size, size], 'transform': [repr(t) for t in transform.transforms]}
     _logger.info('eval transform: %s', transform)
 

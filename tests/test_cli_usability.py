@@ -299,9 +299,9 @@ def test_ctrl_c_before_training_is_one_line(monkeypatch, capsys, data):
 # ------------------------------------------------------------------------------------------------ pieces
 
 def test_quickstart_validation_set_is_built_once(tmp_path, caplog):
-    import datasets
-    root = datasets.make_quickstart_dataset(str(tmp_path / 'qs'), num_classes=3, train_per_class=4,
-                                            val_per_class=2, image_size=32)
+    import quickstart
+    root = quickstart.make_quickstart_dataset(str(tmp_path / 'qs'), num_classes=3, train_per_class=4,
+                                              val_per_class=2, image_size=32)
     args = main_mod.parse_args(['--data_set', 'QUICKSTART', '--data_path', root, '--device', 'cpu',
                                 '--input_size', '32'])
     with caplog.at_level(logging.INFO, logger='hornet'):

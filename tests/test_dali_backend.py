@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import datasets as D
-import loaders as L
+import transforms as T
 
 dali_backend = pytest.importorskip('dali_backend')
 _MISSING = dali_backend.dali_missing()
@@ -51,7 +51,7 @@ def test_dali_crops_flips_and_labels_follow_the_pil_path_per_sample(tmp_path):
     args = _args()
     sampler = D.ResumableSampler(len(ds), seed=5)
     dl = dali_backend.DaliTrainLoader(ds, sampler, 8, args, torch.device('cpu'), num_threads=1)
-    pil = L.build_uint8_transform(True, args)
+    pil = T.build_uint8_transform(True, args)
     order = list(sampler)
     seen = 0
     for (imgs, boxes), labels in dl:
@@ -60,7 +60,7 @@ def test_dali_crops_flips_and_labels_follow_the_pil_path_per_sample(tmp_path):
             epoch, index = order[seen + k]
             assert int(labels[k]) == ds.samples[index][1]  # same order and labels as the PIL path
             D.seed_sample_rngs(5, epoch, index)
-            ref, _ = pil(D.load_image(ds.samples[index][0]))
+            ref, _ = pil(T.load_image(ds.samples[index][0]))
             a, b = _box(imgs[k]), _box(ref)
             assert a[3] == b[3]  # same flip
             assert abs(a[0] - b[0]) <= 3 and abs(a[1] - b[1]) <= 4 and abs(a[2] - b[2]) <= 4  # same crop window

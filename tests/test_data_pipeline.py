@@ -1,4 +1,4 @@
-"""The uint8 pipeline (--data_backend pil, loaders.py) against the reference float pipeline (datasets.build_transform).
+"""The uint8 pipeline (--data_backend pil: transforms.py, loaders.py) against the float reference (build_transform).
 
 The strongest check is exact: seeded identically, the uint8 path normalised by DeviceLoader equals the reference's
 float output (same timm ops, same order, same RNG draws), except inside random-erasing boxes, which must sit in the
@@ -19,6 +19,7 @@ from PIL import Image
 
 import datasets as D
 import loaders as L
+import transforms as T
 
 RECIPE = dict(input_size=64, color_jitter=0.4, aa='rand-m9-mstd0.5-inc1', train_interpolation='bicubic', reprob=0.25,
               remode='pixel', recount=1, imagenet_default_mean_and_std=True)
@@ -42,7 +43,7 @@ def _photos(root: pathlib.Path, n: int, size=(120, 90), fmt: str = 'JPEG') -> li
 
 
 def _device_batch(u8: torch.Tensor, boxes: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
-    mean, std = D._mean_std(args)
+    mean, std = T.mean_std(args)
     dl = L.DeviceLoader([], torch.device('cpu'), mean, std, erase_mode=args.remode)
     x, _ = dl.prepare(((u8[None], boxes[None]), torch.zeros(1, dtype=torch.long)))
     return x[0]
@@ -57,13 +58,13 @@ def _box_mask(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def test_uint8_pipeline_equals_reference_for_the_same_seed_outside_erased_boxes(tmp_path):
     args = _args(reprob=0.5)
-    ref, new = D.build_transform(True, args), L.build_uint8_transform(True, args)
+    ref, new = T.build_transform(True, args), T.build_uint8_transform(True, args)
     erased = 0
     for i, path in enumerate(_photos(tmp_path, 24)):
         D.seed_sample_rngs(7, 1, i)
-        r = ref(D.load_image(path))
+        r = ref(T.load_image(path))
         D.seed_sample_rngs(7, 1, i)
-        u8, boxes = new(D.load_image(path))
+        u8, boxes = new(T.load_image(path))
         assert u8.dtype == torch.uint8 and tuple(u8.shape) == (3, 64, 64)
         x = _device_batch(u8, boxes, args)
         box = _box_mask(boxes, 64, 64)
@@ -77,27 +78,27 @@ def test_uint8_pipeline_equals_reference_for_the_same_seed_outside_erased_boxes(
 
 def test_eval_transform_uint8_equals_reference(tmp_path):
     args = _args(input_size=64)
-    ref, new = D.build_transform(False, args), L.build_uint8_transform(False, args)
+    ref, new = T.build_transform(False, args), T.build_uint8_transform(False, args)
     for path in _photos(tmp_path, 4):
-        img = D.load_image(path)
+        img = T.load_image(path)
         u8 = new(img)
         assert u8.dtype == torch.uint8
-        mean, std = D._mean_std(args)
+        mean, std = T.mean_std(args)
         x, _ = L.DeviceLoader([], torch.device('cpu'), mean, std).prepare((u8[None], torch.zeros(1)))
         assert torch.allclose(x[0], ref(img), atol=1e-6, rtol=0)
 
 
 def test_jpeg_fast_decode_and_torch_resize_stay_within_one_level_of_pil(tmp_path):
     args = _args(aa='none', color_jitter=None, reprob=0.0)
-    new = L.build_uint8_transform(True, args)
+    new = T.build_uint8_transform(True, args)
     assert new.mode == 'bicubic'
     changed = total = 0
     for i, path in enumerate(_photos(tmp_path, 12)):
-        fast = L.load_image_fast(path)
+        fast = T.load_image_fast(path)
         assert isinstance(fast, torch.Tensor)
-        assert torch.equal(fast.permute(1, 2, 0), torch.from_numpy(np.asarray(D.load_image(path))))  # same decode
+        assert torch.equal(fast.permute(1, 2, 0), torch.from_numpy(np.asarray(T.load_image(path))))  # same decode
         D.seed_sample_rngs(0, 0, i)
-        a, _ = new(D.load_image(path))
+        a, _ = new(T.load_image(path))
         D.seed_sample_rngs(0, 0, i)
         b, _ = new(fast)
         diff = (a.int() - b.int()).abs()
@@ -110,12 +111,12 @@ def test_jpeg_fast_decode_and_torch_resize_stay_within_one_level_of_pil(tmp_path
 def test_grey_and_corrupt_jpegs_load_like_pil(tmp_path):
     grey = tmp_path / 'g.jpg'
     Image.fromarray(np.arange(64 * 48, dtype=np.uint8).reshape(48, 64) % 251).save(grey)
-    t = L.load_image_fast(str(grey))
-    assert torch.equal(t.permute(1, 2, 0), torch.from_numpy(np.asarray(D.load_image(str(grey)))))
+    t = T.load_image_fast(str(grey))
+    assert torch.equal(t.permute(1, 2, 0), torch.from_numpy(np.asarray(T.load_image(str(grey)))))
     bad = tmp_path / 'bad.jpg'
     bad.write_bytes(grey.read_bytes()[:200])
-    with pytest.raises(D.BadImageError, match='bad.jpg'):
-        L.load_image_fast(str(bad))
+    with pytest.raises(T.BadImageError, match='bad.jpg'):
+        T.load_image_fast(str(bad))
 
 
 def _coordinate_image(w: int = 256, h: int = 192) -> np.ndarray:
@@ -136,10 +137,10 @@ def _read_box(out: torch.Tensor, size: int) -> tuple:
 def test_crop_scale_ratio_and_flip_distributions_of_fast_path_match_reference():
     size = 48
     args = _args(input_size=size, aa='none', color_jitter=None, reprob=0.0)
-    ref, new = D.build_transform(True, args), L.build_uint8_transform(True, args)
+    ref, new = T.build_transform(True, args), T.build_uint8_transform(True, args)
     arr = _coordinate_image()
     pil, tensor = Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    mean, std = D._mean_std(args)
+    mean, std = T.mean_std(args)
     m, s = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
     stats = {'ref': [], 'new': []}
     threads = torch.get_num_threads()
@@ -179,7 +180,7 @@ def test_randaugment_op_frequencies_of_uint8_path_match_reference(monkeypatch):
 
     monkeypatch.setattr(AugmentOp, '__call__', counting)
     args = _args(input_size=40, reprob=0.0)
-    ref, new = D.build_transform(True, args), L.build_uint8_transform(True, args)
+    ref, new = T.build_transform(True, args), T.build_uint8_transform(True, args)
     img = Image.fromarray(_coordinate_image(64, 48))
     for i in range(150):
         for k, t in (('ref', ref), ('new', new)):
@@ -193,13 +194,13 @@ def test_randaugment_op_frequencies_of_uint8_path_match_reference(monkeypatch):
 @pytest.mark.parametrize('mode', ['pixel', 'rand', 'const'])
 def test_device_erasing_is_batched_seeded_and_independent_of_global_rng(mode):
     args = _args(reprob=1.0, remode=mode, recount=2)
-    eraser = L.ErasingParams(1.0, mode, max_count=2)
+    eraser = T.ErasingParams(1.0, mode, max_count=2)
     torch.manual_seed(0)
     import random
     random.seed(0)
     boxes = torch.stack([eraser(32, 32) for _ in range(4)])
     u8 = torch.full((4, 3, 32, 32), 100, dtype=torch.uint8)
-    mean, std = D._mean_std(args)
+    mean, std = T.mean_std(args)
     dl = L.DeviceLoader([((u8, boxes), torch.arange(4))], torch.device('cpu'), mean, std, erase_mode=mode)
     torch.manual_seed(123)
     first, targets = next(iter(dl))
@@ -263,7 +264,7 @@ def test_loader_resources_are_logged_per_rank(caplog):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device (the side-stream prefetch path)')
 def test_cuda_prefetching_device_loader_yields_the_cpu_result_in_order():
     args = _args(reprob=0.5)
-    eraser = L.ErasingParams(0.5, 'pixel')
+    eraser = T.ErasingParams(0.5, 'pixel')
     import random
     random.seed(1)
     torch.manual_seed(1)
@@ -271,7 +272,7 @@ def test_cuda_prefetching_device_loader_yields_the_cpu_result_in_order():
     for b in range(3):
         u8 = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
         batches.append(((u8, torch.stack([eraser(16, 16) for _ in range(4)])), torch.arange(4) + 10 * b))
-    mean, std = D._mean_std(args)
+    mean, std = T.mean_std(args)
     cpu = list(L.DeviceLoader(batches, torch.device('cpu'), mean, std))
     gpu = list(L.DeviceLoader(batches, torch.device('cuda'), mean, std))
     assert len(gpu) == 3

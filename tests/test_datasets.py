@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms as tv_transforms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import datasets as D  # noqa: E402
+import quickstart  # noqa: E402
+import transforms  # noqa: E402
 from errors import UserError  # noqa: E402
 
 
@@ -252,14 +255,14 @@ def _with_bad_files(tmp_path: Any) -> Tuple[str, str, str]:
 
 def test_file_that_is_not_an_image_fails_the_scan_with_one_line_naming_it(tmp_path: Any) -> None:
     root, not_image, truncated = _with_bad_files(tmp_path)
-    with pytest.raises(D.BadImageError) as err:
+    with pytest.raises(transforms.BadImageError) as err:
         D.build_dataset(True, make_args(data_path=root))  # before any image is decoded
     message = str(err.value)
     assert '\n' not in message and f"cannot read image file '{not_image}' (not an image: it starts with" in message
     assert 'pass --skip_bad_images' in message and truncated not in message  # a cut-off file passes the scan
     empty = os.path.join(root, 'b', '002.png')
     open(empty, 'wb').close()
-    with pytest.raises(D.BadImageError) as err:
+    with pytest.raises(transforms.BadImageError) as err:
         D.build_dataset(True, make_args(data_path=root))
     assert f"nor 1 more file(s) of the training data ('{empty}')" in str(err.value)
 
@@ -271,7 +274,7 @@ def test_scan_accepts_images_whatever_their_extension_says(tmp_path: Any) -> Non
     pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     Image.fromarray(pixels).save(os.path.join(root, 'a', 'png_inside.jpg'), format='PNG')
     Image.fromarray(pixels).save(os.path.join(root, 'a', 'pcx_inside.png'), format='PCX')
-    assert D.image_header_problem(os.path.join(root, 'a', 'pcx_inside.png')) is None
+    assert transforms.image_header_problem(os.path.join(root, 'a', 'pcx_inside.png')) is None
     dataset, _ = D.build_dataset(True, make_args(data_path=root))
     assert len(dataset) == 4
 
@@ -300,7 +303,7 @@ def test_corrupt_image_error_names_file(tmp_path: Any, num_workers: int) -> None
         for i, _ in enumerate(loader):
             assert i < 2  # a/000, a/002, then b/000 (truncated)
     message = str(err.value)
-    assert isinstance(err.value, D.BadImageError)
+    assert isinstance(err.value, transforms.BadImageError)
     assert '\n' not in message and f"'{truncated}'" in message and '--skip_bad_images' in message
     assert 'Traceback' not in message
 
@@ -343,26 +346,26 @@ def _tree(root: str) -> Dict[str, bytes]:
 
 def test_quickstart_dataset_is_deterministic_and_complete(tmp_path: Any) -> None:
     small = dict(num_classes=10, train_per_class=2, val_per_class=1, image_size=32, seed=3)
-    first = D.make_quickstart_dataset(str(tmp_path / 'one' / 'qs'), **small)
-    second = D.make_quickstart_dataset(str(tmp_path / 'two' / 'qs'), **small)
+    first = quickstart.make_quickstart_dataset(str(tmp_path / 'one' / 'qs'), **small)
+    second = quickstart.make_quickstart_dataset(str(tmp_path / 'two' / 'qs'), **small)
     tree_one, tree_two = _tree(first), _tree(second)
     assert tree_one == tree_two
     pngs = [p for p in tree_one if p.endswith('.png')]
-    assert len(pngs) == 30 and D.QUICKSTART_MARKER in tree_one
+    assert len(pngs) == 30 and quickstart.QUICKSTART_MARKER in tree_one
     assert os.listdir(tmp_path / 'one') == ['qs']  # no temporary directory left behind
     with Image.open(os.path.join(first, 'train', 'ring', 'ring_00001.png')) as img:
         assert img.size == (32, 32) and img.mode == 'RGB'
 
-    stamp = os.stat(os.path.join(first, D.QUICKSTART_MARKER)).st_mtime_ns
-    assert D.make_quickstart_dataset(first, **small) == first  # reused, not rewritten
-    assert os.stat(os.path.join(first, D.QUICKSTART_MARKER)).st_mtime_ns == stamp
+    stamp = os.stat(os.path.join(first, quickstart.QUICKSTART_MARKER)).st_mtime_ns
+    assert quickstart.make_quickstart_dataset(first, **small) == first  # reused, not rewritten
+    assert os.stat(os.path.join(first, quickstart.QUICKSTART_MARKER)).st_mtime_ns == stamp
     with pytest.raises(UserError, match='different parameters'):
-        D.make_quickstart_dataset(first, **{**small, 'seed': 4})
+        quickstart.make_quickstart_dataset(first, **{**small, 'seed': 4})
 
     # build_dataset reuses the existing dataset and reads it like an image folder.
     train, n = D.build_dataset(True, make_args(data_set='QUICKSTART', data_path=first, nb_classes=10, input_size=32))
     val, _ = D.build_dataset(False, make_args(data_set='QUICKSTART', data_path=first, nb_classes=10, input_size=32))
-    assert (n, len(train), len(val)) == (10, 20, 10) and train.classes == sorted(D.QUICKSTART_CLASSES)
+    assert (n, len(train), len(val)) == (10, 20, 10) and train.classes == sorted(quickstart.QUICKSTART_CLASSES)
     assert train[0][0].shape == val[0][0].shape == (3, 32, 32)
     with pytest.raises(UserError, match='pass --nb_classes 10'):
         D.build_dataset(True, make_args(data_set='QUICKSTART', data_path=first, nb_classes=1000))
@@ -371,12 +374,12 @@ def test_quickstart_dataset_is_deterministic_and_complete(tmp_path: Any) -> None
     foreign.mkdir()
     (foreign / 'stuff.txt').write_text('x')
     with pytest.raises(UserError, match='not a complete QUICKSTART dataset'):
-        D.make_quickstart_dataset(str(foreign), **small)
+        quickstart.make_quickstart_dataset(str(foreign), **small)
 
 
 def test_quickstart_interrupted_run_leaves_no_half_dataset(tmp_path: Any) -> None:
     root = str(tmp_path / 'qs')
-    code = f'import datasets; datasets.make_quickstart_dataset({root!r}, train_per_class=200, image_size=32)'
+    code = f'import quickstart; quickstart.make_quickstart_dataset({root!r}, train_per_class=200, image_size=32)'
     proc = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
@@ -389,8 +392,8 @@ def test_quickstart_interrupted_run_leaves_no_half_dataset(tmp_path: Any) -> Non
     finally:
         proc.wait()
     assert not os.path.exists(root)
-    D.make_quickstart_dataset(root, num_classes=2, train_per_class=1, val_per_class=1, image_size=16)
-    assert os.path.isfile(os.path.join(root, D.QUICKSTART_MARKER))
+    quickstart.make_quickstart_dataset(root, num_classes=2, train_per_class=1, val_per_class=1, image_size=16)
+    assert os.path.isfile(os.path.join(root, quickstart.QUICKSTART_MARKER))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -458,7 +461,7 @@ def test_cifar_loads_real_pickle_format(tmp_path: Any) -> None:
     x, y = train[3]
     assert x.shape == (3, 32, 32) and y == 21  # RandomCrop(32, padding=4) + RandAugment + erasing on 32 px
     # Eval output is exactly the stored pixels (CHW planes) after inception normalisation.
-    eval_train = D._build_cifar(True, root, D.build_transform(False, args), ten=False)
+    eval_train = D.build_cifar(True, root, transforms.build_transform(False, args), ten=False)
     expected = torch.from_numpy(train_pixels[3].reshape(3, 32, 32).astype(np.float32)) / 255.0
     assert torch.allclose(eval_train[3][0], (expected - 0.5) / 0.5, atol=1e-6)
 
@@ -484,44 +487,44 @@ def _expected_eval(img: Image.Image, resized: Tuple[int, int], crop: int, mean: 
 def test_eval_transform_matches_original(tmp_path: Any) -> None:
     path = str(tmp_path / 'img.jpg')
     write_image(path, 0, size=(400, 300))
-    img = D.load_image(path)
+    img = transforms.load_image(path)
 
-    t224 = D.build_transform(False, make_args(input_size=224))
+    t224 = transforms.build_transform(False, make_args(input_size=224))
     resize, crop = t224.transforms[0], t224.transforms[1]
-    assert resize.size == 256 and resize.interpolation == D.transforms.InterpolationMode.BICUBIC
+    assert resize.size == 256 and resize.interpolation == tv_transforms.InterpolationMode.BICUBIC
     assert tuple(crop.size) == (224, 224)
     assert torch.allclose(t224(img), _expected_eval(img, (341, 256), 224), atol=1e-6)
 
-    t235 = D.build_transform(False, make_args(input_size=224, crop_pct=0.95))
+    t235 = transforms.build_transform(False, make_args(input_size=224, crop_pct=0.95))
     assert t235.transforms[0].size == int(224 / 0.95) == 235
 
-    t384 = D.build_transform(False, make_args(input_size=384))
+    t384 = transforms.build_transform(False, make_args(input_size=384))
     assert t384.transforms[0].size == (384, 384) and not any(
-        isinstance(t, D.transforms.CenterCrop) for t in t384.transforms)
+        isinstance(t, tv_transforms.CenterCrop) for t in t384.transforms)
     assert torch.allclose(t384(img), _expected_eval(img, (384, 384), 384), atol=1e-6)
 
-    default_norm = D.build_transform(False, make_args(input_size=224, imagenet_default_mean_and_std=True))
+    default_norm = transforms.build_transform(False, make_args(input_size=224, imagenet_default_mean_and_std=True))
     assert tuple(default_norm.transforms[-1].mean) == (0.485, 0.456, 0.406)
 
 
 def test_train_transform_follows_convnext(tmp_path: Any) -> None:
     from timm.data.random_erasing import RandomErasing
     from timm.data.transforms import RandomResizedCropAndInterpolation
-    big = D.build_transform(True, make_args(input_size=224, reprob=0.25))
+    big = transforms.build_transform(True, make_args(input_size=224, reprob=0.25))
     assert isinstance(big.transforms[0], RandomResizedCropAndInterpolation)
     assert isinstance(big.transforms[-1], RandomErasing)
-    small = D.build_transform(True, make_args(input_size=32, aa='none', reprob=0.0))
-    assert isinstance(small.transforms[0], D.transforms.RandomCrop) and small.transforms[0].padding == 4
-    assert any(isinstance(t, D.transforms.ColorJitter) for t in small.transforms)  # no RandAugment: jitter stays on
+    small = transforms.build_transform(True, make_args(input_size=32, aa='none', reprob=0.0))
+    assert isinstance(small.transforms[0], tv_transforms.RandomCrop) and small.transforms[0].padding == 4
+    assert any(isinstance(t, tv_transforms.ColorJitter) for t in small.transforms)  # no RandAugment: jitter stays on
     path = str(tmp_path / 'x.png')
     write_image(path, 1, size=(32, 32))
-    assert small(D.load_image(path)).shape == (3, 32, 32)
+    assert small(transforms.load_image(path)).shape == (3, 32, 32)
 
 
 def test_randaugment_posterize_extremes_do_not_crash() -> None:
     """timm asks for 0-bit posterize at magnitude 10 (reached by m9 + mstd noise); current Pillow rejects 0 bits."""
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8))
-    transform = D.build_transform(True, make_args(aa='rand-m9-mstd0.5-inc1'))
+    transform = transforms.build_transform(True, make_args(aa='rand-m9-mstd0.5-inc1'))
     ops = [op for step in transform.transforms for op in getattr(step, 'ops', [])]
     posterize = [op for op in ops if op.name == 'PosterizeIncreasing']
     assert len(posterize) == 1

@@ -17,9 +17,9 @@ import timm
 import torch
 
 import checkpoints
-import datasets
 import main as main_mod
 import models  # noqa: F401  (registers the HorNet variants)
+import quickstart
 import run_settings
 from tests.train_helpers import run_main
 
@@ -36,8 +36,8 @@ def _argv(**opts) -> list:
 
 @pytest.fixture(scope='module')
 def qs(tmp_path_factory) -> pathlib.Path:
-    return pathlib.Path(datasets.make_quickstart_dataset(str(tmp_path_factory.mktemp('data') / 'qs'), num_classes=3,
-                                                         train_per_class=8, val_per_class=4, image_size=64))
+    return pathlib.Path(quickstart.make_quickstart_dataset(str(tmp_path_factory.mktemp('data') / 'qs'), num_classes=3,
+                                                           train_per_class=8, val_per_class=4, image_size=64))
 
 
 def _where(qs: pathlib.Path, **opts) -> dict:

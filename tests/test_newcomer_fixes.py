@@ -11,8 +11,8 @@ import pathlib
 import pytest
 import yaml
 
-import datasets
 import main as main_mod
+import quickstart
 import utils
 from tests.train_helpers import REPO, base_args, make_image_folder, run_main
 
@@ -38,8 +38,8 @@ def test_num_workers_auto_follows_the_cores(monkeypatch):
 def test_quickstart_config_picks_workers_from_the_cores_and_an_explicit_count_still_wins(tmp_path):
     """The quick-start config on this machine: no warning that the workers exceed the cores."""
     assert yaml.safe_load((REPO / 'configs' / 'quickstart.yaml').read_text())['num_workers'] == 'auto'
-    root = datasets.make_quickstart_dataset(str(tmp_path / 'qs'), num_classes=3, train_per_class=4, val_per_class=2,
-                                            image_size=32)
+    root = quickstart.make_quickstart_dataset(str(tmp_path / 'qs'), num_classes=3, train_per_class=4, val_per_class=2,
+                                              image_size=32)
     argv = ['--config', str(REPO / 'configs' / 'quickstart.yaml'), '--data_path', root, '--input_size', '32',
             '--epochs', '1', '--batch_size', '4', '--output_dir', str(tmp_path / 'out')]
     proc = run_main(argv)

@@ -187,11 +187,11 @@ def quickstart_run(tmp_path_factory):
     generation order circle, square, triangle, cross), a main.py checkpoint trained on it at 32 px, and its
     ``--eval`` result. The head is then replaced by a random, large one, so that predictions spread over all
     classes (one epoch does not learn the shapes) and a wrong class order cannot go unnoticed."""
-    import datasets
+    import quickstart
     from tests.train_helpers import run_main
     root = tmp_path_factory.mktemp('quickstart')
-    data = Path(datasets.make_quickstart_dataset(str(root / 'data'), num_classes=4, train_per_class=8,
-                                                 val_per_class=10, image_size=48))
+    data = Path(quickstart.make_quickstart_dataset(str(root / 'data'), num_classes=4, train_per_class=8,
+                                                   val_per_class=10, image_size=48))
     out = root / 'out'
     train = ['--model', 'hornet_micro_7x7', '--data_set', 'QUICKSTART', '--data_path', str(data), '--input_size',
              str(QS_SIZE), '--device', 'cpu', '--epochs', '1', '--batch_size', '8', '--num_workers', '0',
@@ -214,11 +214,12 @@ def quickstart_run(tmp_path_factory):
 
 def test_quickstart_class_names_are_written_in_label_order(quickstart_run):
     import datasets
+    import quickstart
     data, _, _ = quickstart_run
-    marker = json.loads((data / datasets.QUICKSTART_MARKER).read_text())
+    marker = json.loads((data / quickstart.QUICKSTART_MARKER).read_text())
     assert marker['classes'] == datasets.find_classes(str(data / 'train')) == ['circle', 'cross', 'square', 'triangle']
-    assert marker['classes'] == datasets.quickstart_class_names(4)
-    assert list(datasets.QUICKSTART_CLASSES[:4]) != marker['classes']  # generation order is not the label order
+    assert marker['classes'] == quickstart.quickstart_class_names(4)
+    assert list(quickstart.QUICKSTART_CLASSES[:4]) != marker['classes']  # generation order is not the label order
 
 
 def test_predict_uses_the_checkpoint_resolution_and_class_names_and_matches_eval(tmp_path, quickstart_run):
@@ -310,11 +311,11 @@ def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_ru
 
 def test_export_writes_the_preprocessing_and_class_names_into_the_onnx_metadata(tmp_path, quickstart_run):
     """Read back with onnx alone, the metadata is enough to preprocess an image exactly as ``main.py --eval`` does
-    (checked against datasets.build_transform) and to name the outputs in label order."""
+    (checked against transforms.build_transform) and to name the outputs in label order."""
     onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
     from PIL import Image
 
-    import datasets
+    import transforms
     data, ckpt, _ = quickstart_run
     out = tmp_path / 'qs.onnx'
     proc = run_script('export.py', '--checkpoint', ckpt, '--output', out, '--input_size', 64, '--no_verify')
@@ -340,7 +341,7 @@ def test_export_writes_the_preprocessing_and_class_names_into_the_onnx_metadata(
     x = (x - torch.tensor(json.loads(meta['mean']))) / torch.tensor(json.loads(meta['std']))
     args = argparse.Namespace(**torch.load(ckpt, map_location='cpu', weights_only=True)['args'])
     args.input_size = 64
-    reference = datasets.build_transform(False, args)(image)
+    reference = transforms.build_transform(False, args)(image)
     torch.testing.assert_close(x.permute(2, 0, 1), reference, rtol=0, atol=1e-5)
 
     proc = run_script('export.py', '--checkpoint', ckpt, '--output', out, '--no_verify')  # 32 px: no resize

@@ -200,7 +200,7 @@ def test_eval_reports_exact_numbers_of_a_known_checkpoint(tmp_path, data):
     """Acc@1/Acc@5/loss of --eval equal a direct, independent computation on the same images."""
     import timm
     import models  # noqa: F401
-    from datasets import build_transform
+    from transforms import build_transform
     torch.manual_seed(5)
     model = timm.create_model('hornet_micro_7x7', num_classes=4).eval()
     ckpt = tmp_path / 'known.pth'

@@ -42,18 +42,18 @@ DATA_PIPELINES = ('reference', 'uint8', 'dali')
 def train_transform(input_size: int, pipeline: str = 'reference') -> Tuple[Callable, Optional[Callable], str]:
     """``(transform, image loader or None for PIL's, source)`` of one pipeline, both with the original recipe.
 
-    reference: today's kind, ``datasets.build_transform`` (timm create_transform, float output normalised and
-    random-erased in the worker; plain timm where this project is missing). uint8: ``loaders.build_uint8_transform``
-    with ``loaders.load_image_fast`` (uint8 output; normalising and erasing happen later on the device).
+    reference: today's kind, ``transforms.build_transform`` (timm create_transform, float output normalised and
+    random-erased in the worker; plain timm where this project is missing). uint8: ``transforms.build_uint8_transform``
+    with ``transforms.load_image_fast`` (uint8 output; normalising and erasing happen later on the device).
     """
     recipe = dict(DATA_RECIPE, input_size=input_size)
     if pipeline == 'uint8':
-        import loaders
-        return loaders.build_uint8_transform(True, argparse.Namespace(**recipe)), loaders.load_image_fast, \
-            'loaders.build_uint8_transform + load_image_fast'
+        import transforms
+        return transforms.build_uint8_transform(True, argparse.Namespace(**recipe)), transforms.load_image_fast, \
+            'transforms.build_uint8_transform + load_image_fast'
     try:
-        import datasets
-        return datasets.build_transform(True, argparse.Namespace(**recipe)), None, 'datasets.build_transform'
+        import transforms
+        return transforms.build_transform(True, argparse.Namespace(**recipe)), None, 'transforms.build_transform'
     except (ImportError, AttributeError):
         from timm.data import create_transform
         return create_transform(input_size, is_training=True, color_jitter=0.4, auto_augment=recipe['aa'],
