@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import datasets as D  # noqa: E402
 from errors import UserError  # noqa: E402
