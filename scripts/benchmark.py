@@ -12,11 +12,9 @@ import sys
 
 try:
     from scripts.bench.cli import main
-except ModuleNotFoundError as e:
-    if e.name not in ('scripts', 'scripts.bench', 'errors', 'models'):
-        raise
-    sys.exit(f"error: cannot import {e.name!r}: install this checkout first (pip install -e . in the repository "
-             f"root), or run python -m scripts.benchmark from the root")
+except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
+    from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
+    exit_with_install_hint(e, 'scripts.benchmark')
 
 if __name__ == '__main__':
     sys.exit(main())

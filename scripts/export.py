@@ -28,12 +28,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-if str(Path(__file__).resolve().parent) not in sys.path:  # checkpoint_meta (there already when run as a script)
-    sys.path.append(str(Path(__file__).resolve().parent))
-
-import checkpoint_meta  # noqa: E402
-from errors import UserError  # noqa: E402
+try:
+    from errors import UserError
+    from scripts import checkpoint_meta
+except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
+    from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
+    exit_with_install_hint(e, 'scripts.export')
 
 if TYPE_CHECKING:  # torch, timm and the models are imported once the arguments are checked (fast errors)
     import numpy as np
@@ -181,7 +181,7 @@ def metadata(model: nn.Module, name: str, info: checkpoint_meta.CheckpointInfo, 
     """What a runtime needs besides the graph, as ONNX ``metadata_props`` (string values, lists and dicts as
     JSON): the preprocessing of ``main.py --eval`` at this size and the class names in label order (those
     predict.py prints; none when only indices are known)."""
-    from predict import class_names
+    from scripts.predict import class_names
     pre = checkpoint_meta.eval_preprocessing(info, input_size)
     meta = {'model': name, 'preprocessing': pre.pop('description')}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in pre.items()})

@@ -25,15 +25,18 @@ import difflib
 import json
 import logging
 import math
-import os
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence
+
+try:
+    from errors import UserError
+except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
+    from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
+    exit_with_install_hint(e, 'scripts.flops')
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _logger = logging.getLogger('flops')
 aten = torch.ops.aten
@@ -130,7 +133,6 @@ def known_models() -> List[str]:
 
 def check_model_names(names: Sequence[str]) -> None:
     """Raise UserError for a name timm cannot build, listing close matches."""
-    from errors import UserError
     avail = known_models()
     avail_set = set(avail)
     for name in names:
@@ -207,7 +209,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(message)s')
-    from errors import UserError
     args = parse_args(argv)
     try:
         import models

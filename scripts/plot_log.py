@@ -20,9 +20,11 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from errors import UserError  # noqa: E402
+try:
+    from errors import UserError
+except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
+    from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
+    exit_with_install_hint(e, 'scripts.plot_log')
 
 _logger = logging.getLogger('plot_log')
 

@@ -33,12 +33,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-if str(Path(__file__).resolve().parent) not in sys.path:  # checkpoint_meta (there already when run as a script)
-    sys.path.append(str(Path(__file__).resolve().parent))
-
-import checkpoint_meta  # noqa: E402
-from errors import UserError  # noqa: E402
+try:
+    from errors import UserError
+    from scripts import checkpoint_meta
+except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
+    from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
+    exit_with_install_hint(e, 'scripts.predict')
 
 if TYPE_CHECKING:  # torch, timm and the models are imported once the arguments are checked (fast errors)
     import torch

@@ -15,7 +15,6 @@ from PIL import Image
 from torchvision import transforms as tv_transforms
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 import datasets as D  # noqa: E402
 import quickstart  # noqa: E402

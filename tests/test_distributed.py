@@ -290,7 +290,6 @@ def test_rank_failure_exits_promptly_or_restarts_and_resumes(tmp_path, data, two
 
 
 if __name__ == '__main__':  # main.py, slowed down: 0.4 s per optimizer step (see the module docstring)
-    sys.path.insert(0, str(REPO))
     import engine
     import main
 

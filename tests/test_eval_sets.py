@@ -28,8 +28,6 @@ import torch.nn as nn
 from PIL import Image
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-if __name__ == '__main__':
-    sys.path.insert(0, str(REPO))
 
 import eval_sets  # noqa: E402
 import loaders  # noqa: E402

@@ -13,7 +13,6 @@ import io
 import json
 import pathlib
 import socket
-import sys
 import threading
 from typing import Dict, Tuple
 
@@ -21,7 +20,6 @@ import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import timm  # noqa: E402
 

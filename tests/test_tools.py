@@ -10,6 +10,7 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import timm  # noqa: E402
 
@@ -31,9 +31,11 @@ GOLDEN_RETRIEVER = 207  # the class the test checkpoint is biased towards
 
 
 def run_script(name: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run ``python scripts/<name> args...`` from the repository root, as the docs say."""
+    """Run ``python scripts/<name> args...`` from the repository root, as the docs say; PYTHONPATH makes this
+    checkout importable, as ``pip install -e .`` does."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get('PYTHONPATH')) if p))
     return subprocess.run([sys.executable, f'scripts/{name}', *map(str, args)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
 
 
 def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:

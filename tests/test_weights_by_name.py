@@ -11,13 +11,11 @@ import dataclasses
 import json
 import logging
 import pathlib
-import sys
 
 import pytest
 import torch
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 import timm  # noqa: E402
 

@@ -222,6 +222,5 @@ CHECKS = {name[len('check_'):]: fn for name, fn in globals().items() if name.sta
 
 if __name__ == '__main__':
     _setup()
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for name in sys.argv[1:] or list(CHECKS):
         CHECKS[name]()
