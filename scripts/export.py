@@ -101,7 +101,7 @@ def build_model(name: Optional[str], checkpoint: Optional[str],
         num_classes = int(heads[0].shape[0]) if heads and heads[0].ndim == 2 else 0
         if num_classes == 0:
             _logger.warning('%s has no classifier head: exporting the pooled features', checkpoint)
-        from models.weights import create_model_with_weights
+        from models.hornet import create_model_with_weights
         model = create_model_with_weights(name, num_classes, sd, checkpoint)
     except CheckpointError as e:  # already one line naming the file and the fix
         raise UserError(str(e)) from None
@@ -110,14 +110,8 @@ def build_model(name: Optional[str], checkpoint: Optional[str],
 
 def set_gf_impl(model: nn.Module, impl: str) -> int:
     """Switch every Global Filter to ``impl``; returns how many there are (0 for 7x7 models)."""
-    from models import GlobalLocalFilter
-    filters = [m for m in model.modules() if isinstance(m, GlobalLocalFilter)]
-    if hasattr(model, 'set_gf_impl'):
-        model.set_gf_impl(impl)
-    else:
-        for m in filters:
-            m.impl = impl
-    return len(filters)
+    from models import fast_ops
+    return fast_ops.enable(model, gf_impl=impl)['gf_impl']
 
 
 def _output_name(model: nn.Module) -> str:
