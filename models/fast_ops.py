@@ -27,9 +27,7 @@ import torch.nn.functional as F
 from . import kernels
 from .global_filter import check_gf_impl
 
-__all__ = ['enable', 'LEVERS', 'gnconv_tail', 'gating_chain', 'GatingChain']
-
-LEVERS = ('gf_impl', 'fused_gating', 'triton_dwconv')
+__all__ = ['enable', 'gnconv_tail', 'gating_chain', 'GatingChain']
 
 
 def enable(model: nn.Module, *, gf_impl: Optional[str] = None, fused_gating: Optional[bool] = None,
@@ -51,7 +49,8 @@ def enable(model: nn.Module, *, gf_impl: Optional[str] = None, fused_gating: Opt
     takers: Dict[str, List[nn.Module]] = {lever: [] for lever in wanted}
     for m in model.modules():
         for lever in wanted:
-            if hasattr(m, lever) and (lever != 'triton_dwconv' or isinstance(m.dwconv, nn.Conv2d)):
+            takes = lever != 'triton_dwconv' or isinstance(getattr(m, 'dwconv', None), nn.Conv2d)  # 7x7 only
+            if hasattr(m, lever) and takes:
                 takers[lever].append(m)
     if triton_dwconv and takers['triton_dwconv']:
         reason = kernels.triton_available()

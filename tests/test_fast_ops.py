@@ -402,3 +402,29 @@ def test_every_fast_path_is_off_by_default():
             assert not m.fused_gating and not m.triton_dwconv
         if isinstance(m, GlobalLocalFilter):
             assert m.gf_impl == 'fft'
+
+
+def test_enable_is_one_switch_that_keeps_unnamed_levers_and_leaves_other_models_alone():
+    model = timm.create_model('hornet_micro_gf')  # stages 1-2 7x7 (2 blocks), stages 3-4 Global Filters (4 blocks)
+    assert fast_ops.enable(model, fused_gating=True, gf_impl='matmul') == {'gf_impl': 4, 'fused_gating': 6}
+    assert fast_ops.enable(model, gf_impl='kron') == {'gf_impl': 4}
+    assert all(m.fused_gating for m in model.modules() if isinstance(m, GnConv))  # not named: kept
+    assert {m.gf_impl for m in model.modules() if isinstance(m, GlobalLocalFilter)} == {'kron'}
+    assert fast_ops.enable(model, triton_dwconv=False) == {'triton_dwconv': 2}  # only the 7x7 blocks take it
+    other = timm.create_model('convnext_atto')
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    assert fast_ops.enable(other, gf_impl='kron', fused_gating=True, triton_dwconv=True) == \
+        {'gf_impl': 0, 'fused_gating': 0, 'triton_dwconv': 0}  # nothing to set: no triton needed either
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+def test_torchscript_of_a_model_with_levers_on_runs_the_default_path():
+    """TorchScript cannot compile the levers; a scripted model computes the same function on the default path."""
+    torch.manual_seed(0)
+    model = HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8, gf_sizes=(None, None, (4, 3), (2, 2))).eval()
+    fast_ops.enable(model, fused_gating=True, gf_impl='kron')
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)
