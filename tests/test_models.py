@@ -563,6 +563,24 @@ def test_selective_checkpointing_recomputes_only_cheap_ops_and_keeps_gradients(g
         torch.testing.assert_close(model(x), model.set_selective_checkpointing(False) or model(x))
 
 
+@pytest.mark.parametrize('name', ['hornet_isotropic_small_7x7', 'hornet_isotropic_small_gf'])
+def test_isotropic_selective_checkpointing_recomputes_only_cheap_ops_and_keeps_gradients(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, depth=2, dim=32, layer_scale_init_value=0.5)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_selective_checkpointing(True)
+    loss = model(x).sum()
+    with _CountOps() as counted:
+        loss.backward()
+    assert torch.ops.aten.native_layer_norm.default in counted.ops  # recomputed in backward
+    assert not {torch.ops.aten.addmm.default, torch.ops.aten.convolution.default} & set(counted.ops)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize('name, impl, selective', [
     ('hornet_micro_7x7', 'fft', False), ('hornet_micro_gf', 'matmul', False), ('hornet_micro_7x7', 'fft', True)])
 def test_training_forward_is_captured_by_torch_compile_as_one_graph(name, impl, selective):
