@@ -53,9 +53,10 @@ import output_check
 import run_settings
 import utils
 from errors import UserError
-from models.hornet import GF_IMPLS
-from models.pretrained import RELEASED, default_released, find_released, not_a_released_name
-from models.weights import CheckpointError, checkpoint_filter_fn, select_in1k_head_rows
+from models.downloads import RELEASED, default_released, find_released, not_a_released_name
+from models.global_filter import GF_IMPLS
+from models.hornet import checkpoint_filter_fn
+from models.weights import CheckpointError, select_in1k_head_rows
 from optim_factory import cosine_schedule, create_optimizer
 
 EXIT_OK = 0
@@ -489,7 +490,7 @@ def resolve_released_names(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------- main
 
 def _sha256(path: str) -> str:
-    from models.weights import resolve_local_path
+    from models.downloads import resolve_local_path
     path = resolve_local_path(path)  # a URL: its cached download
     h = hashlib.sha256()
     with open(path, 'rb') as f:

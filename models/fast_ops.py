@@ -1,117 +1,65 @@
-"""Opt-in fast paths for the HorNet block (issue 10). None of them is a default: none has been measured on a GPU.
+"""The opt-in speed levers of the HorNet block, behind one switch: :func:`enable`. None is a default (none has
+been measured on a GPU); each computes the same function as the default path, with the same gradients.
 
-* :func:`global_filter_kron` (``gf_impl='kron'``): the Global Filter ``irfft2(rfft2(x) * w)`` as ONE real GEMM
-  with the precomputed (H*W, 2*H*(W//2+1)) matrix of the orthonormal 2-D real DFT (Kronecker product of the
-  per-axis DFTs, real and imaginary parts interleaved), the complex filter as real arithmetic, and ONE GEMM
-  with the (2*H*(W//2+1), H*W) matrix of the inverse (C2R) transform. It works on the channels-last tensor the
-  block already has, so no layout copy is made.
-* :class:`GatingChain` (``GnConv.fused_gating``): the gnConv gating chain after the depthwise op,
-  ``x0 = pwa * q0; x_{k+1} = (W_k x_k + b_k) * q_{k+1}; out = W_o x + b_o``, as one autograd Function that saves
-  only the GEMM outputs (plus its inputs) and recomputes the gating products in backward: the memory of
-  selective checkpointing without its per-op dispatch.
-
-* :func:`gnconv_tail_triton` (``GnConv.triton_dwconv``): the 7x7 depthwise conv of the channel slice (no copy),
-  scale, bias and the first gating multiply in one Triton kernel (``models/kernels``), then the gating chain.
+* ``gf_impl``: the Global Filter's implementation, ``'fft'`` (default), ``'matmul'`` or ``'kron'``
+  (``models/global_filter.py``). Also a constructor argument: ``timm.create_model(name, gf_impl='matmul')``.
+* ``fused_gating``: the gnConv gating chain after the depthwise op,
+  ``x0 = pwa * q0; x_{k+1} = (W_k x_k + b_k) * q_{k+1}; out = W_o x + b_o``, as one autograd Function
+  (:class:`GatingChain`) that saves only the GEMM outputs (plus its inputs) and recomputes the gating products in
+  backward: the memory of selective checkpointing without its per-op dispatch.
+* ``triton_dwconv``: the 7x7 depthwise conv of the channel slice (no copy), its scale and bias and the first gating
+  multiply in one Triton kernel (``models/kernels``), forward and backward; CUDA only (or the CPU under
+  ``TRITON_INTERPRET=1``), torch's conv elsewhere with a one-time warning.
 
 Everything but the Triton kernels is plain torch (any device, any dtype, autocast-aware). Tests against the
-reference formulation: ``tests/test_fast_ops.py``.
+reference formulation: ``tests/test_fast_ops.py``. Selective activation checkpointing is a memory mode, not a
+lever: ``set_selective_checkpointing`` beside timm's ``set_grad_checkpointing`` on the model.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Optional, Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['global_filter_kron', 'kron_dft_mats', 'gating_chain', 'GatingChain', 'gnconv_tail_triton']
+from . import kernels
+from .global_filter import check_gf_impl
+
+__all__ = ['enable', 'gnconv_tail', 'gating_chain', 'GatingChain']
 
 
-# ------------------------------------------------------------------------------------------ Global Filter
-def _axis_dft(n: int, half: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float64 forward DFT matrices along one axis: hornet.py's ``_dft_mats`` (real tensors only, so it compiles)."""
-    from .hornet import _dft_mats  # hornet imports this module
-    return _dft_mats(n, half, torch.device('cpu'), torch.float64)
+def enable(model: nn.Module, *, gf_impl: Optional[str] = None, fused_gating: Optional[bool] = None,
+           triton_dwconv: Optional[bool] = None) -> Dict[str, int]:
+    """Set the speed levers of every block of ``model`` that takes them; a lever left None keeps its setting.
 
+    The blocks carry their lever as an attribute of the same name (HorNet's ``GnConv``: ``fused_gating``, and
+    ``triton_dwconv`` where its depthwise op is the 7x7 conv; ``GlobalLocalFilter``: ``gf_impl``), so any model
+    can be passed: one without such blocks (a timm model) is left as it is.
 
-def _axis_irdft(n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float64 (n x n//2+1) matrices of the orthonormal C2R inverse (``irfft``): hornet.py's ``_irdft_mats``."""
-    from .hornet import _irdft_mats
-    return _irdft_mats(n, torch.device('cpu'), torch.float64)
-
-
-def kron_dft_mats(h: int, w: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """float64 matrices of ``rfft2(norm='ortho')`` and ``irfft2(s=(h, w), norm='ortho')`` on flattened maps.
-
-    Returns ``fwd`` (h*w, 2*K) and ``inv`` (2*K, h*w), K = h*(w//2+1), columns/rows ordered (k_h, k_w, re/im),
-    so that for a real map ``x`` (flattened row-major), ``x @ fwd`` is ``view_as_real(rfft2(x))`` flattened and
-    ``z @ inv`` is ``irfft2(view_as_complex(z))`` flattened.
-
-    ``irfft2`` = inverse c2c DFT along H, then the C2R transform along W; so the inverse matrix is the Kronecker
-    product of conj(F_h) with the C2R matrices of :func:`_axis_irdft` (Hermitian weights included).
+    Returns how many blocks each given lever reached (0: none takes it, e.g. ``triton_dwconv`` on a model whose
+    blocks are all Global Filters). Raises ValueError for an unknown ``gf_impl``, and RuntimeError for
+    ``triton_dwconv=True`` where triton cannot be imported.
     """
-    fh_re, fh_im = _axis_dft(h, half=False)                         # (h, h)
-    fw_re, fw_im = _axis_dft(w, half=True)                          # (w2, w)
-    # f = kron(fh, fw) (K x h*w, complex): X = f @ x
-    f_re = torch.kron(fh_re, fw_re) - torch.kron(fh_im, fw_im)
-    f_im = torch.kron(fh_re, fw_im) + torch.kron(fh_im, fw_re)
-    fwd = torch.stack((f_re, f_im), dim=1).reshape(-1, h * w).t().contiguous()       # (h*w, 2K)
-    gh_re, gh_im = fh_re, -fh_im                                    # orthonormal inverse along H: conj (symmetric)
-    iw_re, iw_im = _axis_irdft(w)                                   # (w, w2) each
-    # y = sum_k [Re(D) iw_re + Im(D) iw_im] with D = gh @ Z along H:
-    #   Re(D) = gh.re Z.re - gh.im Z.im,   Im(D) = gh.re Z.im + gh.im Z.re
-    inv_re = torch.kron(gh_re, iw_re) + torch.kron(gh_im, iw_im)    # (h*w, K), multiplies Z.re
-    inv_im = torch.kron(gh_re, iw_im) - torch.kron(gh_im, iw_re)    # (h*w, K), multiplies Z.im
-    inv = torch.stack((inv_re, inv_im), dim=-1).reshape(h * w, -1).t().contiguous()  # (2K, h*w)
-    return fwd, inv
-
-
-_KRON_CACHE: Dict[Tuple[int, int, torch.device, torch.dtype], Tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _kron_mats(h: int, w: int, like: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """The matrices in ``like``'s device and dtype; cached for plain eager tensors (built once per size).
-
-    Not cached under torch.compile (built in-graph, constant-folded), for fake/meta tensors (FLOP and memory
-    counters), or for tensor subclasses: a cached real tensor must never meet a fake one.
-    """
-    cacheable = (type(like) is torch.Tensor and like.device.type != 'meta'
-                 and not torch.compiler.is_compiling())
-    if not cacheable:
-        fwd, inv = kron_dft_mats(h, w)
-        return fwd.to(like.device, like.dtype), inv.to(like.device, like.dtype)
-    key = (h, w, like.device, like.dtype)
-    mats = _KRON_CACHE.get(key)
-    if mats is None:
-        with torch.inference_mode(False), torch.no_grad():  # normal tensors, even if first built in inference
-            fwd, inv = kron_dft_mats(h, w)
-            mats = (fwd.to(like.device, like.dtype), inv.to(like.device, like.dtype))
-        _KRON_CACHE[key] = mats
-    return mats
-
-
-def global_filter_kron(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Same function as ``global_filter_fft(x, weight)``: (B, C, H, W) in and out, weight (C, H, W//2+1, 2).
-
-    Two GEMMs over the flattened map (contraction length H*W and 2*H*(W//2+1)) around a complex multiply done
-    in real arithmetic. Computed in the GEMM dtype: x's, or the autocast dtype (bf16 GEMMs and filter product
-    under bf16 autocast, like ``gf_impl='matmul'``; the reference FFT stays fp32).
-    On the channels-last view the block passes in, the first GEMM reads the map transposed in place and the
-    second writes channels-last, so neither side makes a layout copy.
-    """
-    b, c, h, w = x.shape
-    fwd, inv = _kron_mats(h, w, x)
-    k2 = fwd.shape[1]
-    xt = x.reshape(b, c, h * w)                       # a strided view for channels-last input
-    y = torch.matmul(xt, fwd)                         # (B, C, 2K), (k, re/im) interleaved
-    y = y.view(b, c, k2 // 2, 2)
-    dt = y.dtype                                      # the GEMM's dtype (bf16 under bf16 autocast)
-    wr, wi = weight[..., 0].reshape(c, -1).to(dt), weight[..., 1].reshape(c, -1).to(dt)   # (C, K)
-    # (yr + i yi)(wr + i wi) = (yr wr - yi wi) + i (yr wi + yi wr) = y * [wr, wr] + flip(y) * [-wi, wi]
-    wa = torch.stack((wr, wr), dim=-1)
-    wb = torch.stack((-wi, wi), dim=-1)
-    z = torch.addcmul(y * wa, y.flip(-1), wb).view(b, c, k2)
-    out = torch.matmul(inv.t(), z.transpose(1, 2))   # (B, H*W, C): channels-last
-    return out.view(b, h, w, c).permute(0, 3, 1, 2)
+    wanted = dict(gf_impl=gf_impl, fused_gating=fused_gating, triton_dwconv=triton_dwconv)
+    wanted = {k: v for k, v in wanted.items() if v is not None}
+    if gf_impl is not None:
+        check_gf_impl(gf_impl)
+    takers: Dict[str, List[nn.Module]] = {lever: [] for lever in wanted}
+    for m in model.modules():
+        for lever in wanted:
+            takes = lever != 'triton_dwconv' or isinstance(getattr(m, 'dwconv', None), nn.Conv2d)  # 7x7 only
+            if hasattr(m, lever) and takes:
+                takers[lever].append(m)
+    if triton_dwconv and takers['triton_dwconv']:
+        reason = kernels.triton_available()
+        if reason is not None:
+            raise RuntimeError(f'triton_dwconv needs triton: {reason}')
+    for lever, modules in takers.items():
+        for m in modules:
+            setattr(m, lever, wanted[lever])
+    return {lever: len(modules) for lever, modules in takers.items()}
 
 
 # ------------------------------------------------------------------------------------------ gating chain
@@ -196,36 +144,38 @@ def gating_chain(pwa: torch.Tensor, dw: torch.Tensor, dims, pws, proj_out) -> to
     return GatingChain.apply(pwa, dw, tuple(dims), *params)
 
 
-# ------------------------------------------------------------------------------------------ Triton depthwise conv
+# ------------------------------------------------------------------------------------------ the gnConv tail
 _warned_fallback = False
 
 
-def gnconv_tail_triton(gn, pwa: torch.Tensor, abc: torch.Tensor) -> torch.Tensor:
-    """The rest of ``GnConv.forward_nhwc`` (7x7 variant) after proj_in, with the depthwise conv, its scale and bias
-    and the first gating multiply in one Triton kernel (``models.kernels.dwconv_gate_nhwc``). With
-    ``gn.fused_gating`` (and autograd on) the kernel computes the conv only and :class:`GatingChain` the rest.
+def gnconv_tail(gn: nn.Module, pwa: torch.Tensor, abc: torch.Tensor) -> torch.Tensor:
+    """The rest of ``GnConv.forward_nhwc`` after proj_in, with the levers ``gn`` has on.
 
-    Where the kernels cannot run (CPU without ``TRITON_INTERPRET=1``, or no triton) this is the torch path,
-    with a one-time warning.
+    ``triton_dwconv``: the depthwise conv, its scale and bias and the first gating multiply in one Triton kernel
+    (``models.kernels.dwconv_gate_nhwc``); where the kernels cannot run (CPU without ``TRITON_INTERPRET=1``, or no
+    triton) torch's conv, with a one-time warning. ``fused_gating`` (with autograd on): the depthwise op computes
+    the conv only and :class:`GatingChain` the rest.
     """
-    from . import kernels
-    conv = gn.dwconv
-    weight, bias = conv.weight * gn.scale, conv.bias * gn.scale
+    fused = gn.fused_gating and torch.is_grad_enabled()
     x: Optional[torch.Tensor] = None
-    if not kernels.can_run_on(abc):
-        global _warned_fallback
-        if not _warned_fallback:
-            import warnings
-            reason = kernels.triton_available() or f'{abc.device.type} tensors need CUDA (or TRITON_INTERPRET=1)'
-            warnings.warn(f'triton depthwise conv unavailable ({reason}); using torch\'s conv', RuntimeWarning)
-            _warned_fallback = True
-        dw = F.conv2d(abc.permute(0, 3, 1, 2), weight, bias, conv.stride, conv.padding, conv.dilation,
-                      conv.groups).permute(0, 2, 3, 1)
-    elif gn.fused_gating and torch.is_grad_enabled():
-        return gating_chain(pwa, kernels.dwconv_nhwc(abc, weight, bias), gn.dims, gn.pws, gn.proj_out)
+    if gn.triton_dwconv:
+        conv = gn.dwconv
+        weight, bias = conv.weight * gn.scale, conv.bias * gn.scale
+        if not kernels.can_run_on(abc):
+            global _warned_fallback
+            if not _warned_fallback:
+                reason = kernels.triton_available() or f'{abc.device.type} tensors need CUDA (or TRITON_INTERPRET=1)'
+                warnings.warn(f'triton depthwise conv unavailable ({reason}); using torch\'s conv', RuntimeWarning)
+                _warned_fallback = True
+            dw = F.conv2d(abc.permute(0, 3, 1, 2), weight, bias, conv.stride, conv.padding, conv.dilation,
+                          conv.groups).permute(0, 2, 3, 1)
+        elif fused:
+            dw = kernels.dwconv_nhwc(abc, weight, bias)
+        else:
+            x, dw = kernels.dwconv_gate_nhwc(abc, pwa, weight, bias)
     else:
-        x, dw = kernels.dwconv_gate_nhwc(abc, pwa, weight, bias)
-    if gn.fused_gating and torch.is_grad_enabled():
+        dw = gn.dwconv.forward_nhwc(abc, gn.scale)
+    if fused:
         return gating_chain(pwa, dw, gn.dims, gn.pws, gn.proj_out)
     q = torch.split(dw, gn.dims, dim=-1)
     if x is None:

@@ -8,33 +8,28 @@ mean/pow chain, the gnConv 1x1 projections as GEMMs, one ``addcmul`` per residua
 Global Filter as small DFT matmuls instead of rfft2/irfft2. Measurements: BENCHMARKS.md.
 """
 import logging
-import math
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from timm.layers import DropPath, trunc_normal_
-try:
-    from timm.layers import register_notrace_function
-except ImportError:  # timm < 1.0.13 keeps it beside the FX feature extractor
-    from timm.models._features_fx import register_notrace_function
-from timm.models import adapt_input_conv, build_model_with_cfg, register_model
+from timm.layers import trunc_normal_
+from timm.models import adapt_input_conv, build_model_with_cfg, create_model, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint_seq
 
 from . import fast_ops
-from .pretrained import prepare_pretrained, released_files
-from .weights import checkpoint_filter_fn, extract_state_dict, safe_load
+from .downloads import prepare_pretrained, released_files
+from .errors import CheckpointError
+from .global_filter import check_gf_impl, global_filter, resize_complex_weight
+from .weights import convert_keys, extract_state_dict, guess_variant, safe_load
 
-__all__ = ['HorNet', 'GnConv', 'GlobalLocalFilter', 'LayerNorm2d', 'checkpoint_filter_fn', 'adapt_input_channels',
-           'load_pretrained_adapted', 'pretrained_filter_fn']
+__all__ = ['HorNet', 'HorBlock', 'GnConv', 'GlobalLocalFilter', 'LayerNorm2d', 'checkpoint_filter_fn',
+           'pretrained_filter_fn', 'adapt_input_channels', 'load_pretrained_file', 'create_model_with_weights',
+           'checkpoint_blocks', 'hornet_cfg', 'check_global_pool', 'new_head']
 
 _logger = logging.getLogger(__name__)
-
-GF_IMPLS = ('fft', 'matmul', 'kron')  # Global Filter implementations; 'kron' is opt-in (unmeasured on GPU)
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -50,107 +45,18 @@ class LayerNorm2d(nn.LayerNorm):
         return x.permute(0, 3, 1, 2)
 
 
-def _dft_mats(n: int, half: bool, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Real and imaginary parts of the orthonormal forward DFT matrix (n_out x n), half-spectrum if asked."""
-    n_out = n // 2 + 1 if half else n
-    k = torch.arange(n_out, dtype=torch.float64).unsqueeze(1)
-    j = torch.arange(n, dtype=torch.float64).unsqueeze(0)
-    ang = -2.0 * math.pi * k * j / n
-    scale = 1.0 / math.sqrt(n)
-    return (torch.cos(ang) * scale).to(device, dtype), (torch.sin(ang) * scale).to(device, dtype)
-
-
-def _irdft_mats(n: int, device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Matrices (n x n//2+1) of the orthonormal inverse real DFT (C2R) along one dim.
-
-    ``irfft`` ignores the imaginary part of the DC (and, for even n, the Nyquist) bin and counts every
-    other bin twice (Hermitian symmetry); the weights below encode exactly that.
-    """
-    n_half = n // 2 + 1
-    j = torch.arange(n, dtype=torch.float64).unsqueeze(1)
-    k = torch.arange(n_half, dtype=torch.float64).unsqueeze(0)
-    ang = 2.0 * math.pi * j * k / n
-    w = torch.full((n_half,), 2.0, dtype=torch.float64)
-    w[0] = 1.0
-    if n % 2 == 0:
-        w[-1] = 1.0
-    scale = 1.0 / math.sqrt(n)
-    re = torch.cos(ang) * w * scale
-    im = -torch.sin(ang) * w * scale
-    im[:, 0] = 0.0
-    if n % 2 == 0:
-        im[:, -1] = 0.0
-    return re.to(device, dtype), im.to(device, dtype)
-
-
-def _global_filter_fft_fp32(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    h, w = x.shape[-2], x.shape[-1]
-    xf = torch.fft.rfft2(x.float(), dim=(2, 3), norm='ortho')
-    xf = xf * torch.view_as_complex(weight.float().contiguous())
-    return torch.fft.irfft2(xf, s=(h, w), dim=(2, 3), norm='ortho')
-
-
-@register_notrace_function  # a leaf for torch.fx (timm's tracer); the autocast guard below cannot be traced
-def global_filter_fft(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Reference path of the original: rfft2 (ortho) * complex filter, irfft2. Always computed in fp32."""
-    if torch.jit.is_scripting():  # TorchScript has no autocast to escape from
-        return _global_filter_fft_fp32(x, weight)
-    dev = x.device.type if x.device.type in ('cuda', 'cpu', 'xpu', 'mps') else 'cpu'  # e.g. meta for FLOP counts
-    with torch.autocast(device_type=dev, enabled=False):
-        return _global_filter_fft_fp32(x, weight)
-
-
-@register_notrace_function  # builds DFT matrices from the input's (concrete) size: a leaf for torch.fx
-def global_filter_matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The same linear map as :func:`global_filter_fft`, written as small dense DFT matmuls.
-
-    At HorNet's sizes (14x14 / 7x7 maps) these are tiny GEMMs: they run in any dtype, compile and export to
-    ONNX, where FFTs do not. The filter is applied in the input dtype (fp32 under fp32 training).
-    """
-    h, w = x.shape[-2], x.shape[-1]
-    dt = x.dtype
-    fh_re, fh_im = _dft_mats(h, False, x.device, dt)     # (h, h)
-    fw_re, fw_im = _dft_mats(w, True, x.device, dt)      # (w2, w)
-    gh_re, gh_im = fh_re, -fh_im                         # inverse along H = conjugate (orthonormal)
-    iw_re, iw_im = _irdft_mats(w, x.device, dt)          # (w, w2)
-    # forward along W (real input): (B,C,H,W) @ (W,w2)
-    a_re = x @ fw_re.t()
-    a_im = x @ fw_im.t()
-    # forward along H (complex): F_h @ A
-    b_re = fh_re @ a_re - fh_im @ a_im
-    b_im = fh_re @ a_im + fh_im @ a_re
-    wr, wi = weight[..., 0].to(dt), weight[..., 1].to(dt)
-    c_re = b_re * wr - b_im * wi
-    c_im = b_re * wi + b_im * wr
-    # inverse along H (complex)
-    d_re = gh_re @ c_re - gh_im @ c_im
-    d_im = gh_re @ c_im + gh_im @ c_re
-    # inverse real DFT along W: (.., H, w2) @ (w2, W)
-    return d_re @ iw_re.t() + d_im @ iw_im.t()
-
-
-@register_notrace_function  # compares the filter's shape with the map's: a leaf for torch.fx
-def resize_complex_weight(weight: torch.Tensor, size: List[int]) -> torch.Tensor:
-    """Bilinearly resize a (C, h, w, 2) filter to (C, size[0], size[1], 2), align_corners=True (as the original)."""
-    if weight.shape[1] == size[0] and weight.shape[2] == size[1]:
-        return weight
-    w = weight.permute(3, 0, 1, 2)
-    w = F.interpolate(w.float(), size=[size[0], size[1]], mode='bilinear', align_corners=True)
-    return w.permute(1, 2, 3, 0).to(weight.dtype)
-
-
 class GlobalLocalFilter(nn.Module):
     """Global-Local Filter: half the channels through a 3x3 depthwise conv, half through a learned global filter
     in the Fourier domain; the halves are interleaved channel by channel, with LayerNorms before and after."""
 
-    def __init__(self, dim: int, h: int = 14, w: int = 8, impl: str = 'fft'):
+    def __init__(self, dim: int, h: int = 14, w: int = 8, gf_impl: str = 'fft'):
         super().__init__()
         self.dw = nn.Conv2d(dim // 2, dim // 2, kernel_size=3, padding=1, bias=False, groups=dim // 2)
         self.complex_weight = nn.Parameter(torch.zeros(dim // 2, h, w, 2))
         trunc_normal_(self.complex_weight, std=.02)
         self.pre_norm = LayerNorm2d(dim, eps=1e-6)
         self.post_norm = LayerNorm2d(dim, eps=1e-6)
-        self.impl = impl
+        self.gf_impl = check_gf_impl(gf_impl)  # a speed lever: models/fast_ops.py enable(model, gf_impl=...)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_nhwc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -163,14 +69,7 @@ class GlobalLocalFilter(nn.Module):
         x1 = self.dw(x1.permute(0, 3, 1, 2))
         b, c, h, w = x1.shape
         weight = resize_complex_weight(self.complex_weight, [h, w // 2 + 1])
-        x2 = x2.permute(0, 3, 1, 2)
-        if self.impl == 'matmul':
-            x2 = global_filter_matmul(x2, weight)
-        elif self.impl == 'kron' and not torch.jit.is_scripting():  # opt-in, see models/fast_ops.py
-            x2 = fast_ops.global_filter_kron(x2, weight)
-        else:
-            x2 = global_filter_fft(x2, weight)
-        x2 = x2.to(x1.dtype)
+        x2 = global_filter(x2.permute(0, 3, 1, 2), weight, self.gf_impl).to(x1.dtype)
         # interleave the halves channel by channel, as the original's stack + reshape over dim 1
         x = torch.stack([x1.permute(0, 2, 3, 1), x2.permute(0, 2, 3, 1)], dim=-1).reshape(b, h, w, 2 * c)
         post = self.post_norm
@@ -216,12 +115,13 @@ class GnConv(nn.Module):
             self.dwconv = DepthwiseConv2d(
                 self.dw_dim, self.dw_dim, kernel_size, padding=kernel_size // 2, groups=self.dw_dim)
         else:
-            self.dwconv = GlobalLocalFilter(self.dw_dim, h=gf_size[0], w=gf_size[1], impl=gf_impl)
+            self.dwconv = GlobalLocalFilter(self.dw_dim, h=gf_size[0], w=gf_size[1], gf_impl=gf_impl)
         self.proj_out = nn.Conv2d(dim, dim, 1)
         self.pws = nn.ModuleList([nn.Conv2d(self.dims[i], self.dims[i + 1], 1) for i in range(order - 1)])
         self.scale = scale
-        self.fused_gating = False  # opt-in: the gating chain as one autograd Function (fast_ops.GatingChain)
-        self.triton_dwconv = False  # opt-in: 7x7 conv + scale + first gating multiply in Triton (models/kernels)
+        # speed levers, off by default: set by models/fast_ops.py enable(model, fused_gating=..., triton_dwconv=...)
+        self.fused_gating = False
+        self.triton_dwconv = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """NCHW in, NCHW out (the module's public contract; the work is done channels-last)."""
@@ -236,11 +136,9 @@ class GnConv(nn.Module):
         """
         fused = F.linear(x, self.proj_in.weight.flatten(1), self.proj_in.bias)
         pwa, abc = torch.split(fused, [self.dims[0], self.dw_dim], dim=-1)
-        if self.triton_dwconv and not torch.jit.is_scripting():  # opt-in; set on 7x7 (conv) blocks only
-            return fast_ops.gnconv_tail_triton(self, pwa, abc)
+        if (self.fused_gating or self.triton_dwconv) and not torch.jit.is_scripting():
+            return fast_ops.gnconv_tail(self, pwa, abc)
         dw = self.dwconv.forward_nhwc(abc, self.scale)
-        if self.fused_gating and torch.is_grad_enabled() and not torch.jit.is_scripting():
-            return fast_ops.gating_chain(pwa, dw, self.dims, self.pws, self.proj_out)
         dw_list = torch.split(dw, self.dims, dim=-1)
         x = pwa * dw_list[0]
         for i, pw in enumerate(self.pws):
@@ -248,13 +146,70 @@ class GnConv(nn.Module):
         return F.linear(x, self.proj_out.weight.flatten(1), self.proj_out.bias)
 
 
-def _check_global_pool(global_pool: str) -> str:
+class HorBlock(nn.Module):
+    """Pre-norm gnConv and pre-norm MLP (4x, GELU), each with layer scale and stochastic depth."""
+
+    def __init__(
+            self,
+            dim: int,
+            order: int,
+            gf_size: Optional[Tuple[int, int]] = None,
+            scale: float = 1 / 3,
+            drop_path: float = 0.,
+            layer_scale_init_value: float = 1e-6,
+            mlp_ratio: float = 4.,
+            gf_impl: str = 'fft',
+    ):
+        super().__init__()
+        self.norm1 = LayerNorm2d(dim, eps=1e-6)
+        self.gnconv = GnConv(dim, order=order, gf_size=gf_size, scale=scale, gf_impl=gf_impl)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(int(mlp_ratio * dim), dim)
+        if layer_scale_init_value > 0:
+            self.gamma1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+            self.gamma2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+        else:
+            self.gamma1 = self.gamma2 = None
+        self.drop_prob = float(drop_path)  # stochastic depth, applied in _branch_scale (as timm's DropPath)
+
+    def _branch_scale(self, gamma: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+        """Layer scale times the stochastic-depth keep mask (/ keep prob), as one (B, 1, 1, C) factor.
+
+        The same function as ``x + drop_path(gamma * y)`` with timm's DropPath (same RNG draw: one bernoulli
+        per sample), but it lets the residual update be a single ``addcmul`` pass.
+        """
+        if not (self.training and self.drop_prob > 0.):
+            return gamma
+        keep = 1. - self.drop_prob
+        mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep) / keep
+        if gamma is None:
+            return mask
+        return mask * gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # NCHW in and out; inside, one NHWC view (free when x is channels-last in memory, as it is after the
+        # stem's LayerNorm) so every LayerNorm, projection and MLP is a plain op over the last dim.
+        x = x.permute(0, 2, 3, 1)
+        n1 = self.norm1
+        y = self.gnconv.forward_nhwc(F.layer_norm(x, n1.normalized_shape, n1.weight, n1.bias, n1.eps))
+        scale = self._branch_scale(self.gamma1, x)
+        x = x + y if scale is None else torch.addcmul(x, y, scale)
+        y = self.pwconv2(self.act(self.pwconv1(self.norm2(x))))
+        scale = self._branch_scale(self.gamma2, x)
+        x = x + y if scale is None else torch.addcmul(x, y, scale)
+        return x.permute(0, 3, 1, 2)
+
+
+def check_global_pool(global_pool: str) -> str:
+    """HorNet pools by averaging ('avg') or not at all ('')."""
     if global_pool not in ('avg', ''):
         raise ValueError(f"global_pool must be 'avg' or '' (got {global_pool!r}); HorNet has no other pooling")
     return global_pool
 
 
-def _new_head(model: nn.Module, num_features: int, num_classes: int) -> nn.Module:
+def new_head(model: nn.Module, num_features: int, num_classes: int) -> nn.Module:
     """A fresh classifier (or Identity for 0 classes) on the device and dtype of the model's current head
     (or, if it has none, of its final norm / any parameter), as timm's heads follow ``model.to(...)``."""
     if num_classes <= 0:
@@ -286,80 +241,22 @@ def _selective_context():
     return create_selective_checkpoint_contexts(_keep_costly_ops)
 
 
-class HorBlock(nn.Module):
-    """Pre-norm gnConv and pre-norm MLP (4x, GELU), each with layer scale and stochastic depth."""
+def checkpoint_blocks(blocks: Iterable[nn.Module], x: torch.Tensor, selective: bool = False) -> torch.Tensor:
+    """Run ``blocks`` in order, each under activation checkpointing.
 
-    def __init__(
-            self,
-            dim: int,
-            order: int,
-            gf_size: Optional[Tuple[int, int]] = None,
-            scale: float = 1 / 3,
-            drop_path: float = 0.,
-            layer_scale_init_value: float = 1e-6,
-            mlp_ratio: float = 4.,
-            gf_impl: str = 'fft',
-    ):
-        super().__init__()
-        self.norm1 = LayerNorm2d(dim, eps=1e-6)
-        self.gnconv = GnConv(dim, order=order, gf_size=gf_size, scale=scale, gf_impl=gf_impl)
-        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(dim, int(mlp_ratio * dim))
-        self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(int(mlp_ratio * dim), dim)
-        if layer_scale_init_value > 0:
-            self.gamma1 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
-            self.gamma2 = nn.Parameter(layer_scale_init_value * torch.ones(dim))
+    Full (as timm's ``checkpoint_seq``): a block keeps only its input and is recomputed whole in backward.
+    Selective: it keeps its GEMM/conv/FFT outputs and recomputes only the cheap ops (norms, GELU, gating); about
+    40% less activation memory for about 7% more step time on CPU, against about 8x less for full. Same outputs
+    and gradients either way. Without autograd, selective runs the blocks plainly.
+    """
+    for blk in blocks:
+        if not selective:
+            x = checkpoint(blk, x, use_reentrant=False)
+        elif torch.is_grad_enabled():
+            x = checkpoint(blk, x, use_reentrant=False, context_fn=_selective_context)
         else:
-            self.gamma1 = self.gamma2 = None
-        # The module is kept for the original's module tree (and repr); the forward reads the plain numbers below,
-        # since TorchScript cannot test a submodule's type.
-        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
-        self.drop_prob = float(drop_path)
-        self.drop_scale_by_keep = True  # timm's DropPath default
-        self.selective_checkpointing = False
-
-    def _branch_scale(self, gamma: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
-        """Layer scale times the stochastic-depth keep mask (/ keep prob), as one (B, 1, 1, C) factor.
-
-        The same function as ``x + drop_path(gamma * y)`` with timm's DropPath (same RNG draw: one bernoulli
-        per sample), but it lets the residual update be a single ``addcmul`` pass.
-        """
-        if not (self.training and self.drop_prob > 0.):
-            return gamma
-        keep = 1. - self.drop_prob
-        mask = x.new_empty((x.shape[0], 1, 1, 1)).bernoulli_(keep)
-        if self.drop_scale_by_keep:
-            mask = mask / keep
-        if gamma is None:
-            return mask
-        return mask * gamma
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.selective_checkpointing and torch.is_grad_enabled():
-            # keeps ~12 of the ~23 channel-widths per position a block would store, for ~7% more time on CPU
-            return checkpoint(self._forward, x, use_reentrant=False, context_fn=_selective_context)
-        return self._forward(x)
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        # NCHW in and out; inside, one NHWC view (free when x is channels-last in memory, as it is after the
-        # stem's LayerNorm) so every LayerNorm, projection and MLP is a plain op over the last dim.
-        x = x.permute(0, 2, 3, 1)
-        n1 = self.norm1
-        y = self.gnconv.forward_nhwc(F.layer_norm(x, n1.normalized_shape, n1.weight, n1.bias, n1.eps))
-        scale = self._branch_scale(self.gamma1, x)
-        x = x + y if scale is None else torch.addcmul(x, y, scale)
-        y = self.pwconv2(self.act(self.pwconv1(self.norm2(x))))
-        scale = self._branch_scale(self.gamma2, x)
-        x = x + y if scale is None else torch.addcmul(x, y, scale)
-        return x.permute(0, 3, 1, 2)
-
-
-def set_selective_checkpointing(model: nn.Module, enable: bool = True) -> None:
-    """Switch selective checkpointing (see :meth:`HorNet.set_selective_checkpointing`) on every HorBlock."""
-    for m in model.modules():
-        if isinstance(m, HorBlock):
-            m.selective_checkpointing = enable
+            x = blk(x)
+    return x
 
 
 class HorNet(nn.Module):
@@ -372,7 +269,8 @@ class HorNet(nn.Module):
         gf_sizes: per stage, None for a 7x7 depthwise conv or (h, w) of the Global Filter's learned spectrum.
         gnconv_scale: output scale s of the depthwise branch (1/3 in all released models).
         gf_impl: 'fft' (reference, fp32), 'matmul' (DFT as dense matmuls; any dtype, compile/ONNX friendly) or
-            'kron' (opt-in: the 2-D DFT as one GEMM each way, models/fast_ops.py).
+            'kron' (opt-in: the 2-D DFT as one GEMM each way); see models/global_filter.py. Switched later, with the
+            other speed levers, by ``models.fast_ops.enable(model, gf_impl=...)``.
     """
 
     first_conv = 'downsample_layers.0.0'  # the pretrained cfg's 'first_conv', adapted when in_chans != 3
@@ -395,9 +293,10 @@ class HorNet(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
-        self.global_pool = _check_global_pool(global_pool)
+        self.global_pool = check_global_pool(global_pool)
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
+        self.selective_checkpointing = False
         dims = [base_dim * 2 ** i for i in range(4)]
         self.num_features = self.head_hidden_size = dims[-1]
 
@@ -443,14 +342,6 @@ class HorNet(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    def set_gf_impl(self, impl: str) -> None:
-        """Switch every Global Filter between 'fft', 'matmul' and 'kron' (same function; 'kron': fast_ops.py)."""
-        if impl not in GF_IMPLS:
-            raise ValueError(f"gf_impl must be one of {GF_IMPLS} (got {impl!r})")
-        for m in self.modules():
-            if isinstance(m, GlobalLocalFilter):
-                m.impl = impl
-
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
         return dict(
@@ -469,33 +360,9 @@ class HorNet(nn.Module):
 
     @torch.jit.ignore
     def set_selective_checkpointing(self, enable: bool = True) -> None:
-        """Each block keeps its GEMM/conv/FFT outputs and recomputes the cheap ops (norms, GELU, gating) in backward.
-
-        About 40% less activation memory for about 7% more step time (CPU), against about 8x less for a full
-        forward recompute with :meth:`set_grad_checkpointing`. Same outputs and gradients either way.
-        """
-        set_selective_checkpointing(self, enable)
-
-    @torch.jit.ignore
-    def set_fused_gating(self, enable: bool = True) -> None:
-        """Opt-in: each gnConv's gating chain as one autograd Function that keeps only the GEMM outputs for
-        backward (fast_ops.GatingChain; same outputs and gradients, less activation memory; unmeasured on GPU)."""
-        for m in self.modules():
-            if isinstance(m, GnConv):
-                m.fused_gating = enable
-
-    @torch.jit.ignore
-    def set_triton_dwconv(self, enable: bool = True) -> None:
-        """Opt-in: the 7x7 depthwise conv, its scale and the first gating multiply as one Triton kernel, forward
-        and backward (models/kernels; CUDA only, torch's conv elsewhere; unmeasured on GPU)."""
-        if enable:
-            from .kernels import triton_available
-            reason = triton_available()
-            if reason is not None:
-                raise RuntimeError(f'set_triton_dwconv needs triton: {reason}')
-        for m in self.modules():
-            if isinstance(m, GnConv) and isinstance(m.dwconv, nn.Conv2d):
-                m.triton_dwconv = enable
+        """A memory mode beside timm's: each block keeps its GEMM/conv/FFT outputs and recomputes the cheap ops in
+        backward (:func:`checkpoint_blocks`). Full checkpointing wins where both are on."""
+        self.selective_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -505,8 +372,8 @@ class HorNet(nn.Module):
         """A new head (on the old one's device and dtype); ``global_pool`` is 'avg' or '' (unpooled)."""
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = _check_global_pool(global_pool)
-        self.head = _new_head(self, self.num_features, num_classes)
+            self.global_pool = check_global_pool(global_pool)
+        self.head = new_head(self, self.num_features, num_classes)
 
     def forward_intermediates(
             self,
@@ -527,8 +394,8 @@ class HorNet(nn.Module):
             if i > last:
                 break
             x = downsample(x)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
+            if (self.grad_checkpointing or self.selective_checkpointing) and not torch.jit.is_scripting():
+                x = checkpoint_blocks(stage, x, selective=not self.grad_checkpointing)
             else:
                 x = stage(x)
             if i in take_indices:
@@ -552,8 +419,8 @@ class HorNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         for downsample, stage in zip(self.downsample_layers, self.stages):
             x = downsample(x)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint_seq(stage, x)
+            if (self.grad_checkpointing or self.selective_checkpointing) and not torch.jit.is_scripting():
+                x = checkpoint_blocks(stage, x, selective=not self.grad_checkpointing)
             else:
                 x = stage(x)
         return x
@@ -573,7 +440,55 @@ class HorNet(nn.Module):
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
         """timm's ``custom_load`` hook: any supported checkpoint format, loaded safely and strictly."""
-        load_pretrained_adapted(self, checkpoint_path)
+        load_pretrained_file(self, checkpoint_path)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: nn.Module, path: str = '<checkpoint>',
+                         allow_new_head: bool = True) -> Dict[str, torch.Tensor]:
+    """Turn any supported checkpoint into a state dict that ``model.load_state_dict(strict=True)`` accepts.
+
+    Key names of mmpretrain, DDP and torch.compile are mapped onto the original release's
+    (:func:`models.weights.convert_keys`). GF filters of another resolution are interpolated (as the original does
+    at run time); a classifier of another class count is replaced by the model's own with a warning (unless
+    ``allow_new_head`` is False, as for resuming or evaluating, where it is an error). Any other missing,
+    unexpected or mis-shaped key raises :class:`CheckpointError` naming it.
+    """
+    sd = convert_keys(extract_state_dict(state_dict, path=path))
+    target = model.state_dict()
+    head_keys = [k for k in ('head.weight', 'head.bias') if k in target]
+
+    for k, v in list(sd.items()):
+        if k.endswith('complex_weight') and k in target and v.shape != target[k].shape \
+                and v.ndim == 4 and v.shape[0] == target[k].shape[0]:
+            _logger.info('Resizing GF filter %s from %s to %s', k, tuple(v.shape[1:3]), tuple(target[k].shape[1:3]))
+            sd[k] = resize_complex_weight(v, list(target[k].shape[1:3])).contiguous()
+
+    ck_head = sd.get('head.weight')
+    if ck_head is not None and head_keys and ck_head.shape != target['head.weight'].shape \
+            and ck_head.ndim == 2 and ck_head.shape[1] == target['head.weight'].shape[1] and allow_new_head:
+        _logger.warning('Checkpoint classifier has %d classes, model has %d: keeping the model\'s new head',
+                        ck_head.shape[0], target['head.weight'].shape[0])
+        for k in head_keys:
+            sd[k] = target[k]
+    elif ck_head is not None and not head_keys:  # model built with num_classes=0: drop the head quietly
+        sd.pop('head.weight', None)
+        sd.pop('head.bias', None)
+
+    missing = [k for k in target if k not in sd]
+    unexpected = [k for k in sd if k not in target]
+    mismatched = [f"{k} {tuple(sd[k].shape)} vs {tuple(target[k].shape)}"
+                  for k in target if k in sd and sd[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        looks = guess_variant(sd)
+        hint = f"; the checkpoint looks like {looks}" if looks else ''
+        parts = []
+        for label, items in (('missing', missing), ('unexpected', unexpected), ('shape mismatch', mismatched)):
+            if items:
+                parts.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
+        raise CheckpointError(
+            f"{path} does not fit this model: {'; '.join(parts)}{hint} "
+            f"(use the matching --model / num_classes)")
+    return sd
 
 
 def adapt_input_channels(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, Any]:
@@ -603,15 +518,6 @@ def adapt_input_channels(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     return out
 
 
-def load_pretrained_adapted(model: nn.Module, path: str, use_ema: bool = False) -> None:
-    """:func:`models.weights.load_pretrained_file` with the first conv adapted to the model's ``in_chans``
-    (:func:`adapt_input_channels`): any supported format, loaded safely (``weights_only``) and strictly."""
-    sd = extract_state_dict(safe_load(path), use_ema=use_ema, path=path)
-    sd = checkpoint_filter_fn(adapt_input_channels(sd, model), model, path=path)
-    model.load_state_dict(sd, strict=True)
-    _logger.info('Loaded weights from %s', path)
-
-
 def pretrained_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dict[str, torch.Tensor]:
     """``build_model_with_cfg``'s filter for a state dict given in memory (``pretrained_cfg_overlay=dict(
     state_dict=...)``). timm adapts the first conv itself after the filter, so the checkpoint is checked with the
@@ -626,7 +532,32 @@ def pretrained_filter_fn(state_dict: Mapping[str, Any], model: nn.Module) -> Dic
     return out
 
 
-def _cfg(**kwargs) -> Dict[str, Any]:
+def load_pretrained_file(model: nn.Module, path: str, use_ema: bool = False) -> None:
+    """Load weights of any supported format into ``model``, safely (``weights_only``) and strictly
+    (:func:`checkpoint_filter_fn`), the first conv adapted to the model's ``in_chans`` (:func:`adapt_input_channels`).
+    ``path`` may also be a URL or a released name (``hornet_tiny_7x7.in1k``): downloaded once into the cache."""
+    sd = extract_state_dict(safe_load(path), use_ema=use_ema, path=path)
+    sd = checkpoint_filter_fn(adapt_input_channels(sd, model), model, path=path)
+    model.load_state_dict(sd, strict=True)
+    _logger.info('Loaded weights from %s', path)
+
+
+def create_model_with_weights(name: str, num_classes: int, state_dict: Mapping[str, Any], path: str) -> nn.Module:
+    """Build registered model ``name`` on the meta device (skipping the random init, seconds on CPU) and adopt the
+    checkpoint's tensors as fp32 parameters, strictly (see :func:`checkpoint_filter_fn`)."""
+    with torch.device('meta'):
+        model = create_model(name, num_classes=num_classes)
+    sd = checkpoint_filter_fn(state_dict, model, path=path)
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+    model.load_state_dict(sd, strict=True, assign=True)
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):  # a tensor not in the state dict
+        model = create_model(name, num_classes=num_classes)
+        model.load_state_dict(sd, strict=True)
+    return model
+
+
+def hornet_cfg(**kwargs) -> Dict[str, Any]:
+    """A pretrained cfg of a HorNet variant (timm's ``_cfg``; isotropic.py uses it too)."""
     return {
         'url': '', 'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bicubic', 'fixed_input_size': False,
@@ -640,34 +571,27 @@ def _cfg(**kwargs) -> Dict[str, Any]:
 
 
 def _released(variant: str, **kwargs) -> Dict[str, Dict[str, Any]]:
-    """One cfg per released file of ``variant`` (models/pretrained.py), the original release's first (the default):
+    """One cfg per released file of ``variant`` (models/downloads.py), the original release's first (the default):
     ``.in1k``/``.mmpretrain_in1k``, or ``.in22k``/``.mmpretrain_in22k`` with the 21841-class head of the file."""
-    return {f.name: _cfg(url=f.url, num_classes=f.num_classes, **kwargs) for f in released_files(variant)}
+    return {f.name: hornet_cfg(url=f.url, num_classes=f.num_classes, **kwargs) for f in released_files(variant)}
 
 
 _IMG384 = dict(input_size=(3, 384, 384), pool_size=(12, 12), crop_pct=1.0)
 
-default_cfgs = {
+default_cfgs = generate_default_cfgs({
     **_released('hornet_tiny_7x7'),
     **_released('hornet_tiny_gf'),
     **_released('hornet_small_7x7'),
     **_released('hornet_small_gf'),
     **_released('hornet_base_7x7'),
     **_released('hornet_base_gf'),
-    'hornet_base_gf_img384': _cfg(**_IMG384),  # no released file
+    'hornet_base_gf_img384': hornet_cfg(**_IMG384),  # no released file
     **_released('hornet_large_7x7'),
     **_released('hornet_large_gf'),
     **_released('hornet_large_gf_img384', **_IMG384),
-    'hornet_micro_7x7': _cfg(),
-    'hornet_micro_gf': _cfg(),
-}
-
-try:  # timm >= 0.9 keeps cfgs per tag; older versions take the plain dict
-    from timm.models import generate_default_cfgs
-    default_cfgs = generate_default_cfgs(default_cfgs)
-except ImportError:  # pragma: no cover
-    pass
-
+    'hornet_micro_7x7': hornet_cfg(),
+    'hornet_micro_gf': hornet_cfg(),
+})
 
 def _create_hornet(variant: str, pretrained: bool = False, **kwargs) -> HorNet:
     kwargs = prepare_pretrained(variant, pretrained, kwargs)  # downloads a released file (cached, hash-checked)

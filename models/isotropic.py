@@ -15,11 +15,10 @@ import torch.nn as nn
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint, checkpoint_seq
 
-from .hornet import (HorBlock, LayerNorm2d, _cfg, _check_global_pool, _new_head, load_pretrained_adapted,
-                     pretrained_filter_fn, set_selective_checkpointing)
-from .pretrained import prepare_pretrained
+from .downloads import prepare_pretrained
+from .hornet import (HorBlock, LayerNorm2d, check_global_pool, checkpoint_blocks, hornet_cfg, load_pretrained_file,
+                     new_head, pretrained_filter_fn)
 
 __all__ = ['HorNetIsotropic']
 
@@ -48,9 +47,10 @@ class HorNetIsotropic(nn.Module):
     ):
         super().__init__()
         self.num_classes = num_classes
-        self.global_pool = _check_global_pool(global_pool)
+        self.global_pool = check_global_pool(global_pool)
         self.num_features = self.head_hidden_size = dim
         self.grad_checkpointing = False
+        self.selective_checkpointing = False
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size),
             LayerNorm2d(dim, eps=1e-6),
@@ -88,7 +88,7 @@ class HorNetIsotropic(nn.Module):
     @torch.jit.ignore
     def set_selective_checkpointing(self, enable: bool = True) -> None:
         """See :meth:`models.hornet.HorNet.set_selective_checkpointing`."""
-        set_selective_checkpointing(self, enable)
+        self.selective_checkpointing = enable
 
     @torch.jit.ignore
     def get_classifier(self) -> nn.Module:
@@ -98,8 +98,8 @@ class HorNetIsotropic(nn.Module):
         """A new head (on the old one's device and dtype); ``global_pool`` is 'avg' or '' (unpooled)."""
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = _check_global_pool(global_pool)
-        self.head = _new_head(self, self.num_features, num_classes)
+            self.global_pool = check_global_pool(global_pool)
+        self.head = new_head(self, self.num_features, num_classes)
 
     def forward_intermediates(
             self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
@@ -113,8 +113,8 @@ class HorNetIsotropic(nn.Module):
         intermediates = []
         last = max_index if stop_early else len(self.blocks) - 1
         for i in range(last + 1):
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = checkpoint(self.blocks[i], x)
+            if (self.grad_checkpointing or self.selective_checkpointing) and not torch.jit.is_scripting():
+                x = checkpoint_blocks([self.blocks[i]], x, selective=not self.grad_checkpointing)
             else:
                 x = self.blocks[i](x)
             if i in take_indices:
@@ -133,8 +133,8 @@ class HorNetIsotropic(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        if self.grad_checkpointing and not torch.jit.is_scripting():
-            return checkpoint_seq(self.blocks, x)
+        if (self.grad_checkpointing or self.selective_checkpointing) and not torch.jit.is_scripting():
+            return checkpoint_blocks(self.blocks, x, selective=not self.grad_checkpointing)
         return self.blocks(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -151,12 +151,12 @@ class HorNetIsotropic(nn.Module):
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str, prefix: str = '') -> None:
         """timm's ``custom_load`` hook; see :meth:`models.hornet.HorNet.load_pretrained`."""
-        load_pretrained_adapted(self, checkpoint_path)
+        load_pretrained_file(self, checkpoint_path)
 
 
 default_cfgs = generate_default_cfgs({
-    'hornet_isotropic_small_7x7': _cfg(first_conv='stem.0', pool_size=(14, 14)),
-    'hornet_isotropic_small_gf': _cfg(first_conv='stem.0', pool_size=(14, 14)),
+    'hornet_isotropic_small_7x7': hornet_cfg(first_conv='stem.0', pool_size=(14, 14)),
+    'hornet_isotropic_small_gf': hornet_cfg(first_conv='stem.0', pool_size=(14, 14)),
 })
 
 

@@ -59,7 +59,7 @@ def check_checkpoint_arg(checkpoint: Optional[str]) -> Optional[str]:
     if checkpoint is None or checkpoint.startswith(('http://', 'https://')) or os.path.isfile(checkpoint):
         return None
     from errors import UserError
-    from models.pretrained import find_released, not_a_released_name
+    from models.downloads import find_released, not_a_released_name
     found = find_released(checkpoint)
     if found is not None:
         return found.variant

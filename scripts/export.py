@@ -7,7 +7,7 @@ Usage (from the repository root)::
     python scripts/export.py --model hornet_tiny_7x7 --checkpoint hornet_tiny_7x7.pth --output hornet_tiny.onnx
     python scripts/export.py --model hornet_base_gf --checkpoint ckpt.pth --output gf.onnx --dynamic_batch
 
-Global Filter variants are exported through the DFT-as-matmul path (``set_gf_impl('matmul')``: plain MatMul ops,
+Global Filter variants are exported through the DFT-as-matmul path (``fast_ops.enable(model, gf_impl="matmul")``: plain MatMul ops,
 no FFT), which computes the same function as the reference rfft2/irfft2 path. After export the ONNX model runs in
 onnxruntime on a random input and is compared with the PyTorch fp32 eager model (reference FFT path); the script
 exits non-zero when they disagree beyond ``--atol``/``--rtol``.
@@ -104,7 +104,7 @@ def build_model(name: Optional[str], checkpoint: Optional[str],
         num_classes = int(heads[0].shape[0]) if heads and heads[0].ndim == 2 else 0
         if num_classes == 0:
             _logger.warning('%s has no classifier head: exporting the pooled features', checkpoint)
-        from models.weights import create_model_with_weights
+        from models.hornet import create_model_with_weights
         model = create_model_with_weights(name, num_classes, sd, checkpoint)
     except CheckpointError as e:  # already one line naming the file and the fix
         raise UserError(str(e)) from None
@@ -113,14 +113,8 @@ def build_model(name: Optional[str], checkpoint: Optional[str],
 
 def set_gf_impl(model: nn.Module, impl: str) -> int:
     """Switch every Global Filter to ``impl``; returns how many there are (0 for 7x7 models)."""
-    from models import GlobalLocalFilter
-    filters = [m for m in model.modules() if isinstance(m, GlobalLocalFilter)]
-    if hasattr(model, 'set_gf_impl'):
-        model.set_gf_impl(impl)
-    else:
-        for m in filters:
-            m.impl = impl
-    return len(filters)
+    from models import fast_ops
+    return fast_ops.enable(model, gf_impl=impl)['gf_impl']
 
 
 def _output_name(model: nn.Module) -> str:

@@ -152,8 +152,8 @@ def measure(name: str, input_size: Optional[int], gf_impl: str = 'fft') -> Dict[
     """Build ``name`` (random init), count params and FLOPs at ``input_size`` (None: the model's default)."""
     import timm
     model = timm.create_model(name, pretrained=False, num_classes=1000)  # the paper's 1K head (L's default is 22K)
-    if hasattr(model, 'set_gf_impl'):
-        model.set_gf_impl(gf_impl)
+    from models import fast_ops
+    n_gf = fast_ops.enable(model, gf_impl=gf_impl)['gf_impl']  # 0: no Global Filter, gf_impl does not apply
     size = input_size or default_input_size(model)
     res = count_flops(model, size)
     ref = PAPER_GFLOPS_224.get(name) if size == 224 else None
@@ -162,7 +162,7 @@ def measure(name: str, input_size: Optional[int], gf_impl: str = 'fft') -> Dict[
     no_fft = (res['total_flops'] - res['fft_flops']) // 2
     mm_style = no_fft - res['head_macs'] + 5 * res['block_layernorm_elems']
     row = dict(
-        model=name, input_size=size, gf_impl=gf_impl if hasattr(model, 'set_gf_impl') else None,
+        model=name, input_size=size, gf_impl=gf_impl if n_gf else None,
         params=count_params(model), params_m=count_params(model) / 1e6,
         gmacs=macs / 1e9, fft_gmacs=res['fft_flops'] / 2e9, macs_without_fft=no_fft,
         head_macs=res['head_macs'], block_layernorm_elems=res['block_layernorm_elems'],

@@ -21,7 +21,7 @@ ImageNet-22K heads print those names for their 1000 ImageNet-1K rows (``in1k_to_
 the rest print class indices, or names from ``--class_names FILE`` (one per line, in label order).
 
 ``--checkpoint`` takes a file, a URL or a released name (``hornet_tiny_7x7.in1k``, ``hornet_large_gf.in22k``: see
-``models/pretrained.py``), downloaded once into torch's hub cache.
+``models/downloads.py``), downloaded once into torch's hub cache.
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def build_model(name: Optional[str], checkpoint: Optional[str], use_ema: bool,
             name = recorded or guess_variant(sd) or 'hornet_tiny_7x7'
             _logger.info('model %s (%s)', name, 'args.model of the checkpoint' if recorded else
                          'the variant the weights look like; pass --model to choose')
-        from models.weights import create_model_with_weights
+        from models.hornet import create_model_with_weights
         model = create_model_with_weights(name, num_classes, sd, checkpoint)
     except CheckpointError as e:  # already one line naming the file and the fix
         raise UserError(str(e)) from None

@@ -1,5 +1,6 @@
-"""Opt-in fast paths (models/fast_ops.py, models/kernels): each equals the reference formulation in outputs and
-gradients. None is a default; none has been measured on a GPU (BENCHMARKS.md, "Opt-in kernels")."""
+"""Opt-in speed levers (models/fast_ops.py enable(), models/global_filter.py, models/kernels): each equals the
+reference formulation in outputs and gradients. None is a default; none has been measured on a GPU (BENCHMARKS.md,
+"Opt-in kernels")."""
 from __future__ import annotations
 
 import functools
@@ -11,7 +12,9 @@ import timm
 
 import models  # noqa: F401  (registers the models)
 from models import fast_ops
-from models.hornet import GF_384, GlobalLocalFilter, GnConv, HorNet, global_filter_fft
+from models import global_filter as gf_mod
+from models.global_filter import global_filter_fft
+from models.hornet import GF_384, GlobalLocalFilter, GnConv, HorNet
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 
@@ -35,7 +38,7 @@ def _channels_last_slice(b: int, c: int, h: int, w: int, seed: int = 0) -> torch
 def test_kron_matrices_are_rfft2_and_irfft2_of_the_basis(hw):
     """The precomputed matrices equal the transforms of unit maps / unit spectra (float64, to 1e-12)."""
     h, w = hw
-    fwd, inv = fast_ops.kron_dft_mats(h, w)
+    fwd, inv = gf_mod.kron_dft_mats(h, w)
     k = h * (w // 2 + 1)
     assert fwd.shape == (h * w, 2 * k) and inv.shape == (2 * k, h * w)
     eye = torch.eye(h * w, dtype=torch.float64).view(-1, h, w)
@@ -58,7 +61,7 @@ def test_global_filter_kron_equals_fft_in_outputs_and_gradients(hw, filt, layout
     weight = torch.randn(c, *filt, 2)
     x_k, w_k = x.detach().clone().requires_grad_(), weight.clone().requires_grad_()
     x_f, w_f = x.detach().clone().requires_grad_(), weight.clone().requires_grad_()
-    out_k = fast_ops.global_filter_kron(x_k, w_k)
+    out_k = gf_mod.global_filter_kron(x_k, w_k)
     out_f = global_filter_fft(x_f, w_f)
     torch.testing.assert_close(out_k, out_f, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(out_f)
@@ -76,7 +79,7 @@ def test_global_filter_kron_under_bf16_autocast_is_close_to_fft():
     weight = torch.randn(8, 14, 8, 2) * 0.5
     ref = global_filter_fft(x, weight)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        out = fast_ops.global_filter_kron(x.bfloat16(), weight)
+        out = gf_mod.global_filter_kron(x.bfloat16(), weight)
     assert out.dtype == torch.bfloat16
     err = (out.float() - ref).abs().max().item()
     assert err < 0.03 * ref.abs().max().item(), err
@@ -88,7 +91,7 @@ def test_global_local_filter_with_kron_equals_fft_module():
     x = torch.randn(2, 16, 14, 14).contiguous(memory_format=torch.channels_last)
     outs, grads = {}, {}
     for impl in ('fft', 'kron'):
-        m.impl = impl
+        m.gf_impl = impl
         xi = x.clone().requires_grad_()
         m.zero_grad()
         outs[impl] = m(xi)
@@ -122,10 +125,10 @@ def test_whole_model_logits_are_equal_with_every_gf_impl(name, res):
     x = torch.randn(2, 3, res, res)
     logits = {}
     for impl in ('fft', 'matmul', 'kron'):
-        model.set_gf_impl(impl)
+        fast_ops.enable(model, gf_impl=impl)
         with torch.no_grad():
             logits[impl] = model(x)
-    model.set_gf_impl('fft')
+    fast_ops.enable(model, gf_impl='fft')
     with torch.no_grad():  # the check can see a change in the Global Filter
         model.stages[2][0].gnconv.dwconv.complex_weight.normal_(0, 0.5)  # a new filter
         changed = (model(x) - logits['fft']).abs().max().item()
@@ -146,43 +149,46 @@ def test_kron_gives_the_original_release_logits(res):
     ref = _mini_ref()
     model = HorNet(num_classes=10, depths=(1, 1, 2, 1), base_dim=16, gf_sizes=(None, None, (4, 3), (2, 2))).eval()
     model.load_state_dict(ref['state_dict'], strict=True)
-    model.set_gf_impl('kron')
+    fast_ops.enable(model, gf_impl='kron')
     with torch.no_grad():
         out = model(ref['inputs'][res])
     torch.testing.assert_close(out, ref['logits'][res], rtol=1e-5, atol=1e-5)
 
 
-def test_set_gf_impl_validates_and_kron_is_opt_in():
+def test_gf_impl_is_validated_and_kron_is_opt_in():
     model = HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8, gf_sizes=(None, None, (4, 3), (2, 2)))
-    assert {m.impl for m in model.modules() if isinstance(m, GlobalLocalFilter)} == {'fft'}
-    model.set_gf_impl('kron')
-    assert {m.impl for m in model.modules() if isinstance(m, GlobalLocalFilter)} == {'kron'}
+    assert {m.gf_impl for m in model.modules() if isinstance(m, GlobalLocalFilter)} == {'fft'}
+    assert fast_ops.enable(model, gf_impl='kron') == {'gf_impl': 2}
+    assert {m.gf_impl for m in model.modules() if isinstance(m, GlobalLocalFilter)} == {'kron'}
     with pytest.raises(ValueError, match='gf_impl'):
-        model.set_gf_impl('cufft')
+        fast_ops.enable(model, gf_impl='cufft')
+    with pytest.raises(ValueError, match='gf_impl'):
+        HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8, gf_sizes=(None, None, (4, 3), (2, 2)),
+               gf_impl='cufft')
 
 
 def test_kron_matrix_cache_survives_inference_mode_and_fake_tensors():
     """Matrices first built under inference_mode are still usable in training; fake/meta runs bypass the cache."""
     from torch._subclasses.fake_tensor import FakeTensorMode
-    fast_ops._KRON_CACHE.clear()
+    gf_mod._KRON_CACHE.clear()
     model = HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8, gf_sizes=(None, None, (4, 3), (2, 2)),
                    gf_impl='kron')
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         ref = model(x)
-    assert fast_ops._KRON_CACHE
+    assert gf_mod._KRON_CACHE
     out = model(x)
     out.sum().backward()  # would fail if a cached matrix were an inference tensor
     torch.testing.assert_close(out, ref)
-    n = len(fast_ops._KRON_CACHE)
+    n = len(gf_mod._KRON_CACHE)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = model(mode.from_tensor(x))
-    assert fake.shape == (2, 10) and len(fast_ops._KRON_CACHE) == n
+    assert fake.shape == (2, 10) and len(gf_mod._KRON_CACHE) == n
     with torch.device('meta'):
         meta_model = HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8,
                             gf_sizes=(None, None, (4, 3), (2, 2)), gf_impl='kron')
     assert meta_model(torch.randn(2, 3, 64, 64, device='meta')).shape == (2, 10)
-    assert len(fast_ops._KRON_CACHE) == n
+    assert len(gf_mod._KRON_CACHE) == n
 
 
 def test_kron_training_forward_is_one_torch_compile_graph():
@@ -293,7 +299,7 @@ def test_fused_gating_in_a_whole_model_with_and_without_selective_checkpointing(
     assert not any(m.fused_gating for m in model.modules() if isinstance(m, GnConv))  # opt-in
     ref_out, ref_grads = grads()
     for selective in (False, True):
-        model.set_fused_gating(True)
+        fast_ops.enable(model, fused_gating=True)
         model.set_selective_checkpointing(selective)
         out, g = grads()
         torch.testing.assert_close(out, ref_out, rtol=0, atol=0)
@@ -305,7 +311,7 @@ def test_fused_gating_in_a_whole_model_with_and_without_selective_checkpointing(
 
 def test_fused_gating_training_forward_is_one_torch_compile_graph():
     model = timm.create_model('hornet_micro_7x7', drop_path_rate=0.1).train()
-    model.set_fused_gating(True)
+    fast_ops.enable(model, fused_gating=True)
     explained = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
     assert explained.graph_break_count == 0, explained.break_reasons
     assert explained.graph_count == 1
@@ -354,7 +360,7 @@ def test_global_filter_kron_equals_cufft_on_cuda(hw, filt):
         (h, w), c = hw, 6
         x = _channels_last_slice(2, c, h, w).cuda().requires_grad_()
         weight = torch.randn(c, *filt, 2, device='cuda', requires_grad=True)
-        out_k = fast_ops.global_filter_kron(x, weight)
+        out_k = gf_mod.global_filter_kron(x, weight)
         out_f = global_filter_fft(x, weight)
         torch.testing.assert_close(out_k, out_f, rtol=1e-5, atol=1e-5)
         g = torch.randn_like(out_f)
@@ -379,13 +385,13 @@ def test_triton_dwconv_falls_back_to_torch_where_kernels_cannot_run():
     model = HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8)
     x = torch.randn(2, 3, 64, 64)
     ref = model(x)
-    model.set_triton_dwconv(True)
+    assert fast_ops.enable(model, triton_dwconv=True) == {'triton_dwconv': 4}
     assert all(m.triton_dwconv for m in model.modules() if isinstance(m, GnConv))
     fast_ops._warned_fallback = False
     with pytest.warns(RuntimeWarning, match='triton depthwise conv unavailable'):
         out = model(x)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    model.set_triton_dwconv(False)
+    fast_ops.enable(model, triton_dwconv=False)
     assert not any(m.triton_dwconv for m in model.modules() if isinstance(m, GnConv))
 
 
@@ -395,4 +401,30 @@ def test_every_fast_path_is_off_by_default():
         if isinstance(m, GnConv):
             assert not m.fused_gating and not m.triton_dwconv
         if isinstance(m, GlobalLocalFilter):
-            assert m.impl == 'fft'
+            assert m.gf_impl == 'fft'
+
+
+def test_enable_is_one_switch_that_keeps_unnamed_levers_and_leaves_other_models_alone():
+    model = timm.create_model('hornet_micro_gf')  # stages 1-2 7x7 (2 blocks), stages 3-4 Global Filters (4 blocks)
+    assert fast_ops.enable(model, fused_gating=True, gf_impl='matmul') == {'gf_impl': 4, 'fused_gating': 6}
+    assert fast_ops.enable(model, gf_impl='kron') == {'gf_impl': 4}
+    assert all(m.fused_gating for m in model.modules() if isinstance(m, GnConv))  # not named: kept
+    assert {m.gf_impl for m in model.modules() if isinstance(m, GlobalLocalFilter)} == {'kron'}
+    assert fast_ops.enable(model, triton_dwconv=False) == {'triton_dwconv': 2}  # only the 7x7 blocks take it
+    other = timm.create_model('convnext_atto')
+    before = {k: v.clone() for k, v in other.state_dict().items()}
+    assert fast_ops.enable(other, gf_impl='kron', fused_gating=True, triton_dwconv=True) == \
+        {'gf_impl': 0, 'fused_gating': 0, 'triton_dwconv': 0}  # nothing to set: no triton needed either
+    assert all(torch.equal(v, before[k]) for k, v in other.state_dict().items())
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated:FutureWarning')
+def test_torchscript_of_a_model_with_levers_on_runs_the_default_path():
+    """TorchScript cannot compile the levers; a scripted model computes the same function on the default path."""
+    torch.manual_seed(0)
+    model = HorNet(num_classes=10, depths=(1, 1, 1, 1), base_dim=8, gf_sizes=(None, None, (4, 3), (2, 2))).eval()
+    fast_ops.enable(model, fused_gating=True, gf_impl='kron')
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=1e-5, atol=1e-5)

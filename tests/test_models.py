@@ -16,8 +16,10 @@ import timm
 import timm.optim
 
 import models
-from models.hornet import GlobalLocalFilter, GnConv, HorNet, LayerNorm2d, global_filter_fft, global_filter_matmul
-from models.weights import CheckpointError, load_pretrained_file
+from models import fast_ops
+from models.errors import CheckpointError
+from models.global_filter import global_filter_fft, global_filter_matmul
+from models.hornet import GlobalLocalFilter, GnConv, HorNet, LayerNorm2d, load_pretrained_file
 
 FIXTURES = pathlib.Path(__file__).parent / 'fixtures'
 SPEC = json.loads((FIXTURES / 'hornet_official_keys.json').read_text())
@@ -94,7 +96,7 @@ def test_logits_equal_original_code(name, res, impl):
     ref = _ref()[name]
     model = _mini(name == 'mini_gf').eval()
     model.load_state_dict(ref['state_dict'], strict=True)
-    model.set_gf_impl(impl)
+    fast_ops.enable(model, gf_impl=impl)
     with torch.no_grad():
         out = model(ref['inputs'][res])
     torch.testing.assert_close(out, ref['logits'][res], rtol=1e-5, atol=1e-5)
@@ -167,7 +169,7 @@ def test_global_local_filter_matches_numpy_fft_reference_with_interleaving(hw):
     expected = _np_layernorm(inter, m.post_norm.weight.detach().double().numpy(),
                              m.post_norm.bias.detach().double().numpy())
     for impl in ('fft', 'matmul'):
-        m.impl = impl
+        m.gf_impl = impl
         torch.testing.assert_close(m(x).double(), torch.from_numpy(expected), rtol=1e-4, atol=1e-4)
 
 
@@ -176,7 +178,7 @@ def test_gf_filter_is_resized_bilinearly_with_aligned_corners():
     m = GlobalLocalFilter(4, h=3, w=2)
     weight = m.complex_weight.detach()
     x = torch.randn(1, 4, 5, 6)  # rfft2 spectrum 5 x 4: the 3 x 2 filter must be stretched
-    from models.hornet import resize_complex_weight
+    from models.global_filter import resize_complex_weight
     big = resize_complex_weight(weight, (5, 4))
     # align_corners=True keeps the corners and puts the middle row halfway between rows 1 and 2... by formula:
     for (i, j), (si, sj) in {(0, 0): (0, 0), (4, 3): (2, 1), (0, 3): (0, 1), (4, 0): (2, 0)}.items():
@@ -198,7 +200,7 @@ def test_gf_matmul_path_equals_fft_path_in_fp32_and_exports_without_fft_ops():
     x = torch.randn(1, 8, 6, 6)
 
     def aten_ops(impl: str) -> set:
-        gf.impl = impl
+        gf.gf_impl = impl
         gm = torch.export.export(gf, (x,)).graph_module  # sub-graphs hold e.g. the fp32 autocast region
         return {str(n.target) for m in gm.modules() if isinstance(m, torch.fx.GraphModule)
                 for n in m.graph.nodes if n.op == 'call_function'}
@@ -559,6 +561,24 @@ def test_selective_checkpointing_recomputes_only_cheap_ops_and_keeps_gradients(g
     model.set_grad_checkpointing(False)
     with torch.no_grad():  # no checkpointing machinery without autograd
         torch.testing.assert_close(model(x), model.set_selective_checkpointing(False) or model(x))
+
+
+@pytest.mark.parametrize('name', ['hornet_isotropic_small_7x7', 'hornet_isotropic_small_gf'])
+def test_isotropic_selective_checkpointing_recomputes_only_cheap_ops_and_keeps_gradients(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, depth=2, dim=32, layer_scale_init_value=0.5)
+    x = torch.randn(2, 3, 64, 64)
+    model(x).sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model.set_selective_checkpointing(True)
+    loss = model(x).sum()
+    with _CountOps() as counted:
+        loss.backward()
+    assert torch.ops.aten.native_layer_norm.default in counted.ops  # recomputed in backward
+    assert not {torch.ops.aten.addmm.default, torch.ops.aten.convolution.default} & set(counted.ops)
+    for g, p in zip(grads, model.parameters()):
+        torch.testing.assert_close(p.grad, g, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('name, impl, selective', [

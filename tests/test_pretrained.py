@@ -24,9 +24,9 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 import timm  # noqa: E402
 
 import models  # noqa: E402,F401
-from models import pretrained as P  # noqa: E402
-from models.weights import (CheckpointError, in1k_to_21k_map, load_pretrained_file,  # noqa: E402
-                            select_in1k_head_rows)
+from models import downloads as P  # noqa: E402
+from models.hornet import load_pretrained_file  # noqa: E402
+from models.weights import CheckpointError, in1k_to_21k_map, select_in1k_head_rows  # noqa: E402
 from tests.train_helpers import base_args, make_image_folder, run_main  # noqa: E402
 
 MICRO = 'hornet_micro_7x7'

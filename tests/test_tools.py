@@ -372,7 +372,7 @@ def test_export_onnx_matches_pytorch(tmp_path, request, name, dynamic):
 
     # independent check: reference = PyTorch fp32 eager, the model saved in the checkpoint, FFT path for the GF
     model = _MODELS[ckpt]
-    assert {m.impl for m in model.modules() if isinstance(m, models.GlobalLocalFilter)} <= {'fft'}
+    assert {m.gf_impl for m in model.modules() if isinstance(m, models.GlobalLocalFilter)} <= {'fft'}
     x = torch.randn(3 if dynamic else 1, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(123))
     with torch.no_grad():
         ref = model(x).numpy()

@@ -2,7 +2,7 @@
 <name>``, ``--pretrained`` and ``predict.py --checkpoint <name>``.
 
 No test touches the real network: a name is pointed at the local HTTP server of ``tests/test_pretrained.py`` by
-registering a release entry for the tiny test model (``hornet_micro_7x7.in1k``) in ``models.pretrained``'s tables,
+registering a release entry for the tiny test model (``hornet_micro_7x7.in1k``) in ``models.downloads``'s tables,
 so main.py runs in-process (``main.cli``) to see it. ``TORCH_HOME`` is a per-test folder (empty download cache).
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 import timm  # noqa: E402
 
 import main  # noqa: E402
-from models import pretrained as P  # noqa: E402
+from models import downloads as P  # noqa: E402
 from models.weights import in1k_to_21k_map  # noqa: E402
 from tests.test_pretrained import (MICRO, cache, data4, free_port, micro_sd, server, sha256,  # noqa: E402,F401
                                    to_bytes)

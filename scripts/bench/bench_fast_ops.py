@@ -25,9 +25,9 @@ from typing import Callable, Dict, List
 import torch
 
 try:
-    import models  # noqa: F401
-    from models.fast_ops import global_filter_kron
-    from models.hornet import HorBlock, global_filter_fft, global_filter_matmul
+    from models import fast_ops
+    from models.global_filter import global_filter_fft, global_filter_kron, global_filter_matmul
+    from models.hornet import HorBlock, checkpoint_blocks
 except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed
     if e.name != 'models':
         raise
@@ -92,11 +92,10 @@ def bench_gating(args, device) -> None:
 
         def make(mode):
             def step():
-                blk.gnconv.fused_gating = 'fused_gating' in mode
-                blk.gnconv.triton_dwconv = 'triton' in mode
-                blk.selective_checkpointing = mode == 'selective_ckpt'
+                fast_ops.enable(blk, fused_gating='fused_gating' in mode, triton_dwconv='triton' in mode)
                 x = x0.detach().requires_grad_()
-                blk(x).sum().backward()
+                y = checkpoint_blocks([blk], x, selective=True) if mode == 'selective_ckpt' else blk(x)
+                y.sum().backward()
             return step
         med = _compare({m: make(m) for m in modes}, device, args.repeats, inner=1)
         print(f'HorBlock dim {dim} order {order} {hw}x{hw} B{args.batch_size} fwd+bwd: '
@@ -124,7 +123,7 @@ def bench_saved(args, device) -> None:
         x = torch.randn(2, 3, 224, 224, device=device)
         res = {}
         for fused in (False, True):
-            model.set_fused_gating(fused)
+            fast_ops.enable(model, fused_gating=fused)
             res['fused_gating' if fused else 'reference'] = saved_bytes(model, x) / 2 ** 20
         print(f'{name} batch 2, 224: activations saved for backward: reference {res["reference"]:.1f} MiB, '
               f'fused_gating {res["fused_gating"]:.1f} MiB ({res["fused_gating"] / res["reference"]:.3f}x)')

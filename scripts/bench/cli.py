@@ -93,10 +93,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='Global Filter implementation(s) for our GF models')
     p.add_argument('--fused_gating', nargs='+', type=_on_off, default=['off'], metavar='{on,off}',
                    help="opt-in lever: each gnConv's gating chain as one autograd Function (HorNet's "
-                        "set_fused_gating; other models get only the first value); off on: both, paired")
+                        "fast_ops.enable; other models get only the first value); off on: both, paired")
     p.add_argument('--triton_dwconv', nargs='+', type=_on_off, default=['off'], metavar='{on,off}',
                    help="opt-in lever: the 7x7 depthwise conv + scale + first gating multiply as one Triton kernel "
-                        "(HorNet's set_triton_dwconv; CUDA, or the CPU under TRITON_INTERPRET=1; --mode model only)")
+                        "(HorNet's fast_ops.enable; CUDA, or the CPU under TRITON_INTERPRET=1; --mode model only)")
     p.add_argument('--grad_checkpointing', nargs='+', choices=('off', 'on', 'selective'), default=['off'],
                    help="on: the model's set_grad_checkpointing(); selective: HorNet's set_selective_checkpointing()")
     p.add_argument('--batch_size', type=_positive, default=16)

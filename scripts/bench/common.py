@@ -99,8 +99,8 @@ def build_model(name: str, input_size: int, gf_impl: str, original: Any = None) 
         model = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError:
         model = timm.create_model(name, pretrained=False, num_classes=1000)
-    if hasattr(model, 'set_gf_impl'):
-        model.set_gf_impl(gf_impl)
+    from models import fast_ops
+    fast_ops.enable(model, gf_impl=gf_impl)  # HorNet's Global Filters; other models have none
     return model
 
 
@@ -126,7 +126,8 @@ def check_models(names: Sequence[str], original_path: Optional[str]) -> None:
 
 
 def has_global_filter(model: nn.Module) -> bool:
-    return hasattr(model, 'set_gf_impl') and any(hasattr(m, 'complex_weight') for m in model.modules())
+    from models import GlobalLocalFilter
+    return any(isinstance(m, GlobalLocalFilter) for m in model.modules())
 
 
 # ------------------------------------------------------------------------------------------------- cases
@@ -140,24 +141,19 @@ def apply_checkpointing(model: nn.Module, name: str, mode: str) -> None:
     getattr(model, method)(True)
 
 
-# the opt-in levers of the HorNet block that are a model switch (``set_<lever>``), each a ``--<lever> off on`` flag;
+# the opt-in levers of the HorNet block (``models.fast_ops.enable``) that are a ``--<lever> off on`` flag each;
 # gf_impl (``--gf_impl``) and selective checkpointing (``--grad_checkpointing selective``) have their own flags
 LEVERS = ('fused_gating', 'triton_dwconv')
 
 
 def apply_lever(model: nn.Module, lever: str, enable: bool) -> Optional[bool]:
-    """Switch one of :data:`LEVERS` on (``model.set_<lever>(True)``); the default path needs no switch.
+    """Set one of :data:`LEVERS` with ``models.fast_ops.enable``.
 
-    Returns whether it is on, or None where it does not apply: the model has no such switch (timm's models, the
-    original code) or no block takes it (``triton_dwconv`` on a model whose blocks are all Global Filters).
+    Returns whether it is on, or None where it does not apply: no block of the model takes it (timm's models, the
+    original code, or ``triton_dwconv`` on a model whose blocks are all Global Filters).
     """
-    setter = getattr(model, f'set_{lever}', None)
-    if setter is None:
-        return None
-    if not enable:
-        return False
-    setter(True)
-    return True if any(getattr(m, lever, None) is True for m in model.modules()) else None
+    from models import fast_ops
+    return enable if fast_ops.enable(model, **{lever: enable})[lever] else None
 
 
 def check_triton_dwconv(device: torch.device) -> None:

@@ -109,9 +109,9 @@ import torch, timm
 from scripts.bench import cli, common, roofline  # noqa: F401
 assert 'tensorboardX' not in sys.modules, 'benchmark.py/roofline.py import tensorboardX'
 common.check_models([m for m in sys.argv[2:] if m], None)
-import models.hornet as h
+import models
 impls = []
-for impl in getattr(h, 'GF_IMPLS', ('fft', 'matmul')):
+for impl in models.GF_IMPLS:
     try:
         cli.parse_args(['--gf_impl', impl])
         impls.append(impl)

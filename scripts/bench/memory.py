@@ -71,7 +71,7 @@ def run_memory(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError("--triton_dwconv on is timed by --mode model only (fake tensors cannot run a Triton kernel)")
     gating = list(dict.fromkeys(getattr(args, 'fused_gating', None) or ['off']))
     results = []
-    no_switch: set = set()  # models without set_fused_gating: only the first --fused_gating value
+    no_switch: set = set()  # models without the fused_gating lever: only the first --fused_gating value
     for name, dtype, ck, fg in itertools.product(dict.fromkeys(args.models), dict.fromkeys(args.dtype),
                                                  dict.fromkeys(args.grad_checkpointing), gating):
         if name in no_switch and fg != gating[0]:

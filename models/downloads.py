@@ -32,11 +32,11 @@ import zipfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .weights import IN22K_CLASSES, CheckpointError
+from .errors import CheckpointError, DownloadError
 
 __all__ = ['ReleasedFile', 'RELEASED', 'IN22K_CLASSES', 'DownloadError', 'released_files', 'is_url',
-           'find_released', 'default_released', 'not_a_released_name', 'cache_dir', 'cache_file_name',
-           'download_cached', 'prepare_pretrained']
+           'find_released', 'default_released', 'not_a_released_name', 'resolve_local_path', 'cache_dir',
+           'cache_file_name', 'expected_sha256_prefix', 'download_cached', 'prepare_pretrained']
 
 _logger = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ _OPENMMLAB = 'https://download.openmmlab.com/mmclassification/v0/hornet/{}'
 # torch.hub's convention (check_hash=True): a file named ``<name>-<hex>.<ext>`` starts its sha256 with <hex>.
 # At least 8 hex digits here, so that names such as ``ckpt-ade.pth`` are not taken for hashes.
 _HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.')
-
-
-class DownloadError(CheckpointError):
-    """A file that could not be downloaded; the message is one line naming the URL and the way around it."""
+IN22K_CLASSES = 21841  # classes of the original release's ImageNet-22K head (the HorNet-L files)
 
 
 @dataclass(frozen=True)
@@ -166,6 +163,23 @@ def not_a_released_name(spec: Any) -> Optional[str]:
 
 def is_url(path: Any) -> bool:
     return isinstance(path, str) and re.match(r'^https?://', path, re.IGNORECASE) is not None
+
+
+def resolve_local_path(path_or_url: Any) -> str:
+    """A local path for ``path_or_url``: an http(s) URL, or the name of a released file (``hornet_tiny_7x7.in1k``,
+    see :func:`find_released`), is downloaded once into torch's hub cache (hash-checked where the sha256 prefix is
+    known; see :func:`download_cached`), anything else is returned as is. Raises a one-line :class:`DownloadError`
+    when the download fails."""
+    path = os.fspath(path_or_url)
+    if is_url(path):
+        return download_cached(path)
+    released = find_released(path)
+    if released is not None:
+        try:
+            return download_cached(released.url, file_name=released.file_name, sha256_prefix=released.sha256_prefix)
+        except DownloadError as e:
+            raise DownloadError(f"released weights {path}: {e}") from None
+    return path
 
 
 def cache_dir() -> str:
