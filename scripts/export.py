@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import time
 import warnings
@@ -29,8 +28,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-if str(Path(__file__).resolve().parent) not in sys.path:  # checkpoint_meta (there already when run as a script)
-    sys.path.append(str(Path(__file__).resolve().parent))
 
 import checkpoint_meta  # noqa: E402
 from errors import UserError  # noqa: E402
@@ -42,7 +39,6 @@ if TYPE_CHECKING:  # torch, timm and the models are imported once the arguments 
 
 _logger = logging.getLogger('export')
 
-_HEAD_KEY = re.compile(r'^(?:module\.|_orig_mod\.)*head(?:\.fc)?\.weight$')
 DEFAULT_OPSET = 17  # LayerNormalization is a single op from opset 17
 
 
@@ -100,8 +96,7 @@ def build_model(name: Optional[str], checkpoint: Optional[str],
                 raise UserError(f"{checkpoint} does not record its model and does not look like a released variant: "
                                 f"pass --model NAME")
             _logger.info('model %s (from the checkpoint)', name)
-        heads = [v for k, v in sd.items() if _HEAD_KEY.match(k)]
-        num_classes = int(heads[0].shape[0]) if heads and heads[0].ndim == 2 else 0
+        num_classes = checkpoint_meta.head_classes(sd) or 0
         if num_classes == 0:
             _logger.warning('%s has no classifier head: exporting the pooled features', checkpoint)
         from models.weights import create_model_with_weights
