@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import checkpoint_meta
 import checkpoints
+import dali_backend
 import datasets
 import engine
 import eval_sets
@@ -325,7 +326,6 @@ def build_train_data(run: Run, data: Data) -> TrainData:
     assert data.train is not None
     sampler = datasets.ResumableSampler(len(data.train), ds.world_size, ds.rank, shuffle=True, seed=args.seed)
     if args.data_backend == 'dali':  # decode + augment in NVIDIA DALI (dali_backend.py)
-        import dali_backend
         loader = dali_backend.build_dali_train_loader(data.train, sampler, args, ds.device)
     else:
         loader = datasets.build_loader(data.train, sampler, args.batch_size, args.num_workers, args.pin_mem,

@@ -202,11 +202,11 @@ def test_tensorboard_follows_the_output_dir(finished_run):
     assert len(events) == 1
     assert f'tensorboard --logdir {out / "tb"}' in proc.stderr
     args = main_mod.parse_args(['--device', 'cpu', '--output_dir', 'out/qs2'])
-    assert main_mod.tensorboard_dir(args) == os.path.join('out/qs2', 'tb')
+    assert runlog.tensorboard_dir(args) == os.path.join('out/qs2', 'tb')
     args.log_dir = ''
-    assert main_mod.tensorboard_dir(args) is None
+    assert runlog.tensorboard_dir(args) is None
     args.log_dir, args.output_dir = '/elsewhere', ''
-    assert main_mod.tensorboard_dir(args) == '/elsewhere'
+    assert runlog.tensorboard_dir(args) == '/elsewhere'
 
 
 def test_checkpoints_follow_the_umask(finished_run, tmp_path):
