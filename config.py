@@ -305,16 +305,12 @@ def _yaml_defaults(parser: argparse.ArgumentParser, path: str) -> Dict[str, Any]
     return out
 
 
-def read_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """CLI + optional YAML (``--config``: defaults, CLI wins) through ``parser``, with the data-set defaults
-    resolved; shared with run_with_submitit.py, whose parser extends this one."""
-    return read_flags_explicit(parser, argv)[0]
-
-
 def read_flags_explicit(parser: argparse.ArgumentParser,
                         argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, Set[str]]:
-    """:func:`read_flags`, and the flags the user gave (on the command line or in the YAML): only flags left at
-    their defaults may be taken from a checkpoint (run_settings.py)."""
+    """CLI + optional YAML (``--config``: defaults, CLI wins) through ``parser``, with the data-set defaults
+    resolved, and the flags the user gave (on the command line or in the YAML): only flags left at their defaults
+    may be taken from a checkpoint (run_settings.py). Shared with run_with_submitit.py, whose parser extends
+    :func:`get_args_parser`'s."""
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument('--config', default=None)
@@ -340,7 +336,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def parse_run_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace, run_settings.Inherited]:
     """:func:`parse_args`, and what was taken from the checkpoint evaluated or resumed (the model, resolution,
     evaluation transform: flags not given take the checkpoint's values; see run_settings.py), for
-    :func:`main` to log once logging is set up."""
+    ``main.main`` to log once logging is set up."""
     parser = get_args_parser()
     args, explicit = read_flags_explicit(parser, argv)
     inherited = run_settings.inherit_from_checkpoint(args, explicit, parser)
