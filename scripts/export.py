@@ -176,7 +176,7 @@ def metadata(model: nn.Module, name: str, info: checkpoint_meta.CheckpointInfo, 
     """What a runtime needs besides the graph, as ONNX ``metadata_props`` (string values, lists and dicts as
     JSON): the preprocessing of ``main.py --eval`` at this size and the class names in label order (those
     predict.py prints; none when only indices are known)."""
-    from predict import class_names
+    from scripts.predict import class_names
     pre = checkpoint_meta.eval_preprocessing(info, input_size)
     meta = {'model': name, 'preprocessing': pre.pop('description')}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in pre.items()})
