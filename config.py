@@ -120,7 +120,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                       'TRAINING.md explains the recipes, resuming and evaluation.')
     p.add_argument('--config', default=None, type=str, metavar='YAML',
                    help='YAML file of flag defaults, keys named as the flags (configs/*.yaml); the command line wins')
-    g = p.add_argument_group('model', 'the network to build')
+    g = p.add_argument_group('model')
     g.add_argument('--model', default='hornet_tiny_gf', type=str, metavar='MODEL',
                    help=f'model to train: a HorNet variant ({_model_names()}) or any timm model name')
     g.add_argument('--input_size', default=224, type=int, help='image size in pixels (a multiple of 32)')
@@ -154,7 +154,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                         'of this process less one, at most 10')
     _bool(g, '--pin_mem', True, 'pinned host memory for faster host-to-GPU copies')
     _bool(g, '--skip_bad_images', False, 'skip unreadable images (logged and counted) instead of failing')
-    g = p.add_argument_group('augmentation', 'training images')
+    g = p.add_argument_group('augmentation', 'training images only; evaluation: see --crop_pct')
     g.add_argument('--train_crop_scale', type=float, nargs=2, default=[0.08, 1.0], metavar=('MIN', 'MAX'),
                    help='area range of the training RandomResizedCrop')
     g.add_argument('--train_interpolation', type=str, default='bicubic',
