@@ -1,4 +1,5 @@
-"""All checkpoint I/O of training: atomic saves, RNG state, resume discovery, pruning, loading old formats.
+"""All checkpoint I/O of training: atomic saves, RNG state, resume discovery, pruning, loading old formats, and the
+checkpoint policy of a run (:class:`Checkpointer`: what is saved when, what is kept, where training resumes).
 
 File names in ``output_dir`` follow the original release: ``checkpoint-<epoch>.pth`` at the end of an epoch,
 ``checkpoint-best.pth`` / ``checkpoint-best-ema.pth``; ``checkpoint-preempt.pth`` is added for a mid-epoch
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import enum
+import json
 import logging
 import os
 import random
@@ -31,13 +32,16 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+import checkpoint_meta
+import utils
 from errors import UserError
-from models.weights import CheckpointError, extract_state_dict, safe_load
+from models import CheckpointError, checkpoint_filter_fn, extract_state_dict, safe_load
 
 __all__ = ['CHECKPOINT_VERSION', 'PREEMPT_NAME', 'BEST_NAME', 'BEST_EMA_NAME', 'epoch_checkpoint_name',
            'checkpoint_file_name', 'save_atomic', 'rng_state', 'set_rng_state', 'is_finite_state',
            'save_training_checkpoint', 'find_resume_checkpoint', 'resolve_resume_path', 'check_checkpoint_file',
-           'without_torch_advice', 'prune_checkpoints', 'load_training_checkpoint']
+           'without_torch_advice', 'prune_checkpoints', 'load_training_checkpoint', 'write_json_atomic',
+           'finetune_state_dict', 'load_weights', 'warn_other_classes', 'Checkpointer']
 
 _logger = logging.getLogger(__name__)
 
@@ -208,31 +212,6 @@ def save_atomic(obj: Any, path: PathLike) -> None:
                 pass
 
 
-def _to_plain(obj: Any) -> Any:
-    """Turn argparse args (Paths, enums, numpy values...) into plain data that weights_only loading accepts."""
-    if isinstance(obj, argparse.Namespace):
-        obj = vars(obj)
-    if isinstance(obj, Mapping):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_plain(v) for v in obj) if type(obj) in (list, tuple) else [_to_plain(v) for v in obj]
-    if isinstance(obj, (set, frozenset)):
-        return sorted((_to_plain(v) for v in obj), key=repr)
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, enum.Enum):
-        return _to_plain(obj.value)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, (torch.dtype, torch.device)):
-        return str(obj)
-    return str(obj)
-
-
 def rng_state() -> Dict[str, Any]:
     """Python, numpy (legacy global) and torch CPU/CUDA generator states, as weights_only-loadable data.
 
@@ -319,7 +298,7 @@ def save_training_checkpoint(output_dir: PathLike, name: Union[str, int], state:
             raise UserError(f"refusing to save {path}: the {key.replace('_', ' ')} weights contain NaN/Inf "
                             f"(training diverged; resume from the last checkpoint with a lower --lr or --clip_grad)")
     out = dict(state)
-    out['args'] = _to_plain(state['args']) if state['args'] is not None else {}
+    out['args'] = checkpoint_meta.to_plain(state['args']) if state['args'] is not None else {}
     for key, default in (('scaler', None), ('model_ema', None), ('ema_updates', None), ('max_accuracy', 0.),
                          ('max_accuracy_ema', 0.)):
         out.setdefault(key, default)
@@ -336,13 +315,7 @@ def save_training_checkpoint(output_dir: PathLike, name: Union[str, int], state:
 def _peek(path: Path) -> Optional[Dict[str, Any]]:
     """Load a checkpoint's small fields without reading tensor data (mmap); None (and a warning) if unusable."""
     try:
-        try:
-            with torch.serialization.safe_globals([argparse.Namespace]):
-                ck = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if 'mmap' not in str(e):  # legacy (non-zip) files cannot be mmapped: read them normally
-                raise
-            ck = safe_load(str(path))
+        ck = checkpoint_meta.load_without_tensors(str(path))
     except Exception as e:  # any unreadable file is skipped, never fatal: a newer or older one may do
         msg = ' '.join(str(e).split())[:200]
         _logger.warning('Skipping checkpoint %s: cannot read it (%s: %s)', path, type(e).__name__, msg)
@@ -507,7 +480,7 @@ def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
                               f"this code reads <= {CHECKPOINT_VERSION}); update the code")
     if not isinstance(ck.get('model'), Mapping):
         raise CheckpointError(f"{path} has an optimizer but no model state dict under 'model' (wrong file?)")
-    ck['args'] = _to_plain(ck['args']) if ck.get('args') is not None else {}
+    ck['args'] = checkpoint_meta.to_plain(ck['args']) if ck.get('args') is not None else {}
     epoch = ck.get('epoch')
     if isinstance(epoch, str):
         epoch = -1 if epoch == 'start' else None
@@ -518,3 +491,239 @@ def load_training_checkpoint(path: PathLike) -> Dict[str, Any]:
                          ('rng', None)):
         ck.setdefault(key, default)
     return ck
+
+
+def write_json_atomic(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as JSON so that ``path`` holds either its old content or the complete new one (eval.json)."""
+    path = os.fspath(path)
+    tmp = os.path.join(os.path.dirname(path) or '.', TMP_PREFIX + os.path.basename(path))
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------- weights into models
+
+def finetune_state_dict(path: str, model_key: str = 'model|module', model_prefix: str = '') -> Dict[str, Any]:
+    """Weights for ``--finetune`` in any supported format: the first of ``model_key`` ('|'-separated) that holds a
+    dict is taken (else the whole file), and ``model_prefix`` is stripped from the names."""
+    try:
+        raw = safe_load(path)
+    except CheckpointError as e:
+        raise without_torch_advice(e) from None
+    sd = None
+    if isinstance(raw, dict):
+        for key in model_key.split('|'):
+            if isinstance(raw.get(key), dict):
+                sd = raw[key]
+                _logger.info('Fine-tuning from %s[%r]', path, key)
+                break
+    sd = dict(raw if sd is None else sd)
+    if model_prefix:
+        sd = {k[len(model_prefix):] if k.startswith(model_prefix) else k: v for k, v in sd.items()}
+    return sd
+
+
+def load_weights(module: torch.nn.Module, ckpt: Mapping[str, Any], key: str, path: str, model_name: str) -> None:
+    """Load ``ckpt[key]`` into ``module`` strictly (resume, evaluate); a checkpoint of another variant names the
+    one its args record."""
+    try:
+        sd = checkpoint_filter_fn(ckpt[key], module, path=path, allow_new_head=False)
+    except CheckpointError as e:
+        recorded = (ckpt.get('args') or {}).get('model')
+        if recorded and recorded != model_name:
+            raise CheckpointError(f"{path} holds a {recorded} (the --model its args record), not {model_name}: "
+                                  f"add --model {recorded}") from None
+        raise e from None
+    module.load_state_dict(sd, strict=True)
+
+
+def warn_other_classes(ckpt: Mapping[str, Any], path: str, classes: Optional[List[str]], where: str) -> None:
+    """Warn (rank 0) when the data's classes are not, in label order, the ones the checkpoint was trained on."""
+    message = checkpoint_meta.class_names_warning(ckpt.get('class_names'), classes, path, where)
+    if message and utils.dist_state().is_main:
+        _logger.warning(message)
+
+
+# ----------------------------------------------------------------------------------------------- the policy
+
+class Checkpointer:
+    """The checkpoint policy of a training run, in one place: where it starts (:meth:`restore`), what is saved
+    (every rank's state; rank 0 writes), when (the end of every ``--save_ckpt_freq``-th epoch and of the last, a new
+    best, a stop signal), and what is kept (``--save_ckpt_num`` epoch files and every 50th, as the release; best;
+    a preempt file until an epoch file passes it). Nothing is written without ``--output_dir``/``--save_ckpt``.
+
+    ``state`` is the run's ``engine.TrainState``: the counters saved and restored, changed in place."""
+
+    KEEP_EVERY = 50  # epochs kept whatever --save_ckpt_num (the HorNet release keeps every 50th)
+
+    def __init__(self, args: argparse.Namespace, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, state: Any, ema_model: Optional[torch.nn.Module] = None,
+                 class_names: Optional[List[str]] = None) -> None:
+        self.args, self.model, self.optimizer, self.scaler, self.state = args, model, optimizer, scaler, state
+        self.ema_model = ema_model  # the EMA's module, saved and restored beside the weights
+        self.class_names = list(class_names) if class_names else None  # label order, for --eval and predict.py
+        self.resumed_from: Optional[str] = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.args.output_dir and self.args.save_ckpt)
+
+    # -------------------------------------------------------------------------------------------- saving
+    def snapshot(self, epoch_complete: bool) -> Dict[str, Any]:
+        """What a checkpoint holds (see :func:`save_training_checkpoint`), but the random states."""
+        state = self.state
+        return {
+            'model': self.model.state_dict(), 'optimizer': self.optimizer.state_dict(), 'epoch': state.epoch,
+            'scaler': self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            'model_ema': self.ema_model.state_dict() if self.ema_model is not None else None,
+            'args': vars(self.args), 'global_step': state.global_step,
+            'step_in_epoch': 0 if epoch_complete else state.step_in_epoch, 'epoch_complete': epoch_complete,
+            'ema_updates': state.ema_updates, 'max_accuracy': state.max_accuracy,
+            'max_accuracy_ema': state.max_accuracy_ema, 'class_names': self.class_names,
+        }
+
+    def save(self, name: Union[str, int], epoch_complete: bool) -> None:
+        """Called on every rank (the RNG states of all ranks are gathered); rank 0 writes."""
+        if not self.enabled:
+            return
+        ds = utils.dist_state()
+        rngs = [rng_state()]
+        if ds.distributed:
+            rngs = [None] * ds.world_size
+            torch.distributed.all_gather_object(rngs, rng_state())
+        if not ds.is_main:
+            return
+        snap = self.snapshot(epoch_complete)
+        snap['rng'] = rngs[0]
+        snap['rng_per_rank'] = rngs
+        path = save_training_checkpoint(self.args.output_dir, name, snap)
+        if self.args.save_safetensors:
+            from safetensors.torch import save_file  # optional dependency, only for --save_safetensors
+            tmp = os.path.join(self.args.output_dir, TMP_PREFIX + path.stem + '.safetensors')
+            save_file({k: v.contiguous() for k, v in snap['model'].items()}, tmp)
+            os.replace(tmp, str(path.with_suffix('.safetensors')))
+
+    def save_if_best(self, acc1: float, ema: bool = False) -> bool:
+        """Keep checkpoint-best.pth (``ema``: checkpoint-best-ema.pth) for a new best top-1; True if it was."""
+        attr = 'max_accuracy_ema' if ema else 'max_accuracy'
+        if acc1 <= getattr(self.state, attr):
+            return False
+        setattr(self.state, attr, acc1)
+        self.save('best-ema' if ema else 'best', epoch_complete=True)
+        return True
+
+    def end_of_epoch(self, epoch: int) -> None:
+        """Every ``--save_ckpt_freq`` epochs and after the last: save the epoch, then prune the old ones."""
+        args = self.args
+        if (epoch + 1) % args.save_ckpt_freq != 0 and epoch + 1 != args.epochs:
+            return
+        self.save(epoch, epoch_complete=True)
+        if args.output_dir and utils.dist_state().is_main:
+            prune_checkpoints(args.output_dir, args.save_ckpt_num, keep_every=self.KEEP_EVERY)
+
+    def save_preempt(self, _name: str) -> None:
+        """engine's ``save_fn``: the exact mid-epoch state after a stop signal."""
+        self.save('preempt', epoch_complete=False)
+        utils.barrier()
+
+    # -------------------------------------------------------------------------------------------- restoring
+    def restore(self, steps_per_epoch: int) -> Optional[str]:
+        """Where training starts: --resume (a file, or a run directory's newest checkpoint), else the newest
+        checkpoint in --output_dir (auto-resume), else ``state`` as given (--start_epoch). Restores the weights,
+        optimizer, scaler, EMA, counters and random streams; returns the checkpoint resumed from (None: none, or
+        bare weights, which start at --start_epoch)."""
+        args, state = self.args, self.state
+        path = resolve_resume_path(args.resume) if args.resume else ''
+        if not path and args.auto_resume and args.output_dir:
+            found = find_resume_checkpoint(args.output_dir)
+            path = str(found) if found else ''
+        if not path:
+            return None
+        ck = load_training_checkpoint(path)
+        load_weights(self.model, ck, 'model', path, args.model)
+        _logger.info('Resumed weights from %s', path)
+        warn_other_classes(ck, path, self.class_names, f'the training data (--data_set {args.data_set} '
+                                                       f'{args.data_path})')
+        if 'optimizer' not in ck:
+            return None
+        if ck.get('epoch') is None:
+            raise UserError(f"{path} is a 'best' checkpoint of the original release and cannot be resumed "
+                            f"from; use --finetune {path} to start from its weights")
+        self.optimizer.load_state_dict(ck['optimizer'])
+        if ck.get('scaler') and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ck['scaler'])
+        if self.ema_model is not None and ck.get('model_ema') is not None:
+            load_weights(self.ema_model, ck, 'model_ema', path, args.model)
+        if ck['epoch_complete']:
+            state.epoch, state.step_in_epoch = ck['epoch'] + 1, 0
+        else:
+            state.epoch, state.step_in_epoch = ck['epoch'], ck['step_in_epoch']
+        gs = ck.get('global_step')
+        state.global_step = gs if gs is not None else state.epoch * steps_per_epoch
+        state.ema_updates = ck.get('ema_updates') or 0
+        state.max_accuracy = ck.get('max_accuracy') or 0.0
+        state.max_accuracy_ema = ck.get('max_accuracy_ema') or 0.0
+        self._restore_random_streams(ck, path)
+        _logger.info('Resuming at epoch %d, step %d of the epoch (global step %d)', state.epoch,
+                     state.step_in_epoch, state.global_step)
+        self.resumed_from = path
+        return path
+
+    def _restore_random_streams(self, ck: Mapping[str, Any], path: str) -> None:
+        """Each rank continues its own saved random streams; another seed or process count reseeds instead."""
+        args, ds, step = self.args, utils.dist_state(), self.state.global_step
+        per_rank = ck.get('rng_per_rank')
+        if ck.get('args', {}).get('seed') != args.seed:
+            _logger.info('--seed differs from the checkpoint: random streams are not restored')
+        elif isinstance(per_rank, list) and len(per_rank) == ds.world_size:
+            set_rng_state(per_rank[ds.rank])
+        elif ck.get('rng') is not None and ds.world_size == 1:
+            set_rng_state(ck['rng'])
+        else:  # saved with another process count: reseed per rank from (seed, rank, step)
+            _logger.warning('Checkpoint RNG states do not match %d processes: reseeding from the global step; '
+                            'the run continues correctly but not bitwise as an uninterrupted one', ds.world_size)
+            torch.manual_seed(args.seed + ds.rank + 1000003 * step)
+            random.seed(args.seed + ds.rank + 1000003 * step)
+            np.random.seed((args.seed + ds.rank + 1000003 * step) % 2 ** 32)
+
+    # -------------------------------------------------------------------------------------------- stopping
+    def complete_message(self) -> str:
+        """One line for a relaunch of a run that has done all its epochs: where its results are."""
+        args, state = self.args, self.state
+        where = os.path.abspath(args.output_dir) if args.output_dir else os.path.dirname(os.path.abspath(
+            self.resumed_from or '.'))
+        best = ''
+        if state.max_accuracy > 0:
+            best = f'; best Acc@1 {state.max_accuracy:.2f}%'
+            if os.path.isfile(os.path.join(where, BEST_NAME)):
+                best += f' ({BEST_NAME})'
+        return (f'This run is already complete: {self.resumed_from} is the end of epoch {state.epoch - 1}, the last '
+                f'of --epochs {args.epochs}{best}. Results are in {where} (log.txt, train.log). To train longer raise '
+                f'--epochs; for a new run give another --output_dir.')
+
+    def interrupted_message(self) -> str:
+        """One line for Ctrl-C: where training was, what is saved and how to go on."""
+        args, state = self.args, self.state
+        where = f'Interrupted (Ctrl-C) in epoch {state.epoch}, after {state.global_step} optimizer steps'
+        if not self.enabled:
+            return f"{where}; nothing was saved ({'--save_ckpt false' if args.output_dir else 'no --output_dir'})"
+        newest = find_resume_checkpoint(args.output_dir, log=False)  # what a relaunch resumes from
+        if newest is None:
+            return (f'{where}, before the first checkpoint: nothing was saved in {args.output_dir}; the same command '
+                    f'starts over')
+        how = 'relaunch the same command to resume from it' if args.auto_resume else \
+            f'relaunch with --resume {args.output_dir} to resume from it'
+        return (f'{where}: the newest checkpoint is {newest} (progress after it is not saved); {how} '
+                f'(a single Ctrl-C saves the step it was in)')
+
+    def saved_on_ctrl_c_message(self) -> str:
+        """One line for a Ctrl-C whose step was saved (checkpoint-preempt.pth) before stopping."""
+        args, state = self.args, self.state
+        path = os.path.join(args.output_dir, PREEMPT_NAME)
+        how = 'relaunch the same command to continue from there' if args.auto_resume else \
+            f'relaunch with --resume {path} to continue from there'
+        return (f'Interrupted (Ctrl-C) in epoch {state.epoch}, after {state.global_step} optimizer steps: saved '
+                f'{path} at that step; {how}, exactly as if uninterrupted')

@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+import runlog
 import utils
 from errors import UserError
 from optim_factory import apply_schedules
@@ -56,12 +57,12 @@ class StepConfig:
     wd_fn: Optional[Callable[[int], float]] = None
 
 
-class DeviceSeries(utils.SmoothedValue):
+class DeviceSeries(runlog.SmoothedValue):
     """A progress meter fed with 0-d device tensors, read back to the host only when the meter is read.
 
     ``push`` keeps the tensor (no host sync); the first read of ``median``/``avg``/``global_avg``/``value`` (the
     progress line at a print step, the epoch averages) copies every pending value to the host in one transfer and
-    feeds them to the ordinary :class:`utils.SmoothedValue` in order, so the meter holds exactly the floats
+    feeds them to the ordinary :class:`runlog.SmoothedValue` in order, so the meter holds exactly the floats
     ``.item()`` per step would have given."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -85,13 +86,13 @@ class DeviceSeries(utils.SmoothedValue):
         self.flush()
         super().update(value, n)
 
-    median = property(lambda self: (self.flush(), utils.SmoothedValue.median.fget(self))[1])
-    avg = property(lambda self: (self.flush(), utils.SmoothedValue.avg.fget(self))[1])
-    global_avg = property(lambda self: (self.flush(), utils.SmoothedValue.global_avg.fget(self))[1])
-    value = property(lambda self: (self.flush(), utils.SmoothedValue.value.fget(self))[1])
+    median = property(lambda self: (self.flush(), runlog.SmoothedValue.median.fget(self))[1])
+    avg = property(lambda self: (self.flush(), runlog.SmoothedValue.avg.fget(self))[1])
+    global_avg = property(lambda self: (self.flush(), runlog.SmoothedValue.global_avg.fget(self))[1])
+    value = property(lambda self: (self.flush(), runlog.SmoothedValue.value.fget(self))[1])
 
 
-def _device_meter(metric_logger: utils.MetricLogger, name: str) -> DeviceSeries:
+def _device_meter(metric_logger: runlog.MetricLogger, name: str) -> DeviceSeries:
     m = metric_logger.meters.get(name)
     if not isinstance(m, DeviceSeries):
         m = metric_logger.meters[name] = DeviceSeries()
@@ -130,7 +131,7 @@ def train_one_epoch(
     ds = utils.dist_state()
     device = ds.device
     model.train()
-    metric_logger = utils.MetricLogger()
+    metric_logger = runlog.MetricLogger()
     header = f'Epoch: [{state.epoch}]'
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
@@ -220,7 +221,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_batches: int, amp_dtype: Op
     criterion = nn.CrossEntropyLoss(reduction='sum')
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
-    metric_logger = utils.MetricLogger()
+    metric_logger = runlog.MetricLogger()
     # processes that evaluate: all with sharded sampling, one when rank 0 evaluates alone (--dist_eval false)
     evaluating = getattr(getattr(loader, 'sampler', None), 'num_replicas', ds.world_size)
     for images, target in metric_logger.log_every(loader, print_freq, header, num_batches, world_size=evaluating):

@@ -35,15 +35,21 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import timm
 import torch
 import torch.nn as nn
+from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, \
+    IMAGENET_INCEPTION_STD
 from torch.utils.data import Dataset
 
 import datasets
 import engine
+import loaders
+import runlog
 import transforms
 import utils
 from errors import UserError
+from models.weights import IN22K_CLASSES, in1k_to_21k_map
 
 _logger = logging.getLogger('hornet')
 
@@ -73,7 +79,6 @@ def _timm_info(name: str, what: str) -> str:
         except (OSError, ImportError):
             data = None
         if data is None:
-            import timm
             raise UserError(f"{what} needs timm's data file timm/data/_info/{name}, which timm {timm.__version__} "
                             f"lacks; install timm >= {_MIN_TIMM} (pip install -U 'timm>={_MIN_TIMM}')")
         _INFO_CACHE[name] = data.decode('utf-8')
@@ -430,7 +435,6 @@ def build_eval_sets(specs: Sequence[EvalSetSpec], transform: Optional[Callable])
 def head_columns(num_classes: int) -> Optional[torch.Tensor]:
     """The model's logit columns holding the 1000 ImageNet-1K classes: None for a 1000-class head (all of them), the
     original release's map for a 21841-class ImageNet-22K head; any other head is a UserError."""
-    from models.weights import IN22K_CLASSES, in1k_to_21k_map
     if num_classes == 1000:
         return None
     if num_classes == IN22K_CLASSES:
@@ -473,8 +477,9 @@ class SetResult:
 
 def eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0, pin_memory: bool = False,
                 dist_eval: bool = True, wrap: Optional[Callable[[Any], Iterable]] = None) -> Iterable:
-    """The exact evaluation loader ``main.Evaluator.loader`` builds: ``datasets.EvalShardSampler`` (rank r takes
-    images r::world, no padding; rank 0 alone under ``dist_eval=False``), then ``wrap`` (``loaders.wrap_loader``)."""
+    """The exact evaluation loader of ``--eval`` (``main.Evaluator`` builds its validation and test set loaders
+    here): ``datasets.EvalShardSampler`` (rank r takes images r::world, no padding; rank 0 alone under
+    ``dist_eval=False``), then ``wrap`` (``loaders.wrap_loader``)."""
     ds = utils.dist_state()
     if not dist_eval and ds.distributed:
         sampler = datasets.EvalShardSampler(len(dataset) if ds.is_main else 0, 1, 0)  # type: ignore[arg-type]
@@ -495,7 +500,7 @@ def _evaluate_real(model: nn.Module, loader: Any, label_sets: torch.Tensor, amp_
     table = label_sets.to(ds.device)
     correct = torch.zeros(2, dtype=torch.int64, device=ds.device)
     count = 0
-    metric_logger = utils.MetricLogger()
+    metric_logger = runlog.MetricLogger()
     evaluating = getattr(getattr(loader, 'sampler', None), 'num_replicas', ds.world_size)
     for images, rows in metric_logger.log_every(loader, print_freq, header, len(loader), world_size=evaluating):
         images = images.to(ds.device, non_blocking=True)
@@ -575,16 +580,17 @@ def format_table(results: Sequence[SetResult]) -> str:
 
 
 def results_json(results: Sequence[SetResult], checkpoint: str, sha256: Optional[str],
-                 settings: Dict[str, Any]) -> Dict[str, Any]:
-    """``eval.json``: the checkpoint (path and sha256), the eval settings and the numbers of each set, by name."""
-    return {
-        'checkpoint': checkpoint,
-        'sha256': sha256,
-        'settings': dict(settings),
-        'sets': {r.name: {'kind': r.kind, 'path': r.path, 'images': r.images, 'left_out': r.left_out,
-                          'classes': r.classes, 'acc1': r.acc1, 'acc5': r.acc5, 'loss': r.loss,
-                          'img_per_s': r.img_per_s, 'seconds': r.seconds} for r in results},
-    }
+                 settings: Dict[str, Any], ema: Optional[Sequence[SetResult]] = None) -> Dict[str, Any]:
+    """``eval.json``: the checkpoint (path and sha256), the eval settings and the numbers of each set, by name;
+    with ``ema`` (``--model_ema_eval``), the EMA weights' numbers under ``sets_ema`` alike."""
+    def by_name(rows: Sequence[SetResult]) -> Dict[str, Dict[str, Any]]:
+        return {r.name: {'kind': r.kind, 'path': r.path, 'images': r.images, 'left_out': r.left_out,
+                         'classes': r.classes, 'acc1': r.acc1, 'acc5': r.acc5, 'loss': r.loss,
+                         'img_per_s': r.img_per_s, 'seconds': r.seconds} for r in rows}
+    doc = {'checkpoint': checkpoint, 'sha256': sha256, 'settings': dict(settings), 'sets': by_name(results)}
+    if ema is not None:
+        doc['sets_ema'] = by_name(ema)
+    return doc
 
 
 def eval_settings(args: Any, *, num_classes: int, processes: Optional[int] = None) -> Dict[str, Any]:
@@ -592,8 +598,6 @@ def eval_settings(args: Any, *, num_classes: int, processes: Optional[int] = Non
     those that evaluated (default: every process, or 1 under ``--dist_eval false``)."""
     if processes is None:
         processes = utils.dist_state().world_size if getattr(args, 'dist_eval', True) else 1
-    from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, \
-        IMAGENET_INCEPTION_STD
     input_size = int(args.input_size)
     default_mean = bool(getattr(args, 'imagenet_default_mean_and_std', False))
     crop_pct = getattr(args, 'crop_pct', None)
@@ -619,6 +623,6 @@ def eval_settings(args: Any, *, num_classes: int, processes: Optional[int] = Non
         'dist_eval': bool(getattr(args, 'dist_eval', True)),
         'device': str(getattr(args, 'device', '')),
         'eval_labels': getattr(args, 'eval_labels', None),
-        'timm': __import__('timm').__version__,
+        'timm': timm.__version__,
         'torch': torch.__version__,
     }

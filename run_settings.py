@@ -29,7 +29,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
-import torch
+import checkpoint_meta
+import checkpoints
 
 _logger = logging.getLogger('hornet')
 
@@ -124,7 +125,6 @@ def _quiet(name: str) -> Iterator[None]:
 def checkpoint_to_inherit_from(args: argparse.Namespace) -> Optional[str]:
     """The checkpoint this run evaluates (--eval --resume) or resumes (--resume, else auto-resume in
     --output_dir); None when there is none to read here (a URL, a missing file: later steps report those)."""
-    import checkpoints
     path = args.resume
     if not path and not args.eval and args.auto_resume and args.output_dir and os.path.isdir(args.output_dir):
         with _quiet('checkpoints'):
@@ -136,27 +136,6 @@ def checkpoint_to_inherit_from(args: argparse.Namespace) -> Optional[str]:
         with _quiet('checkpoints'):
             return checkpoints.resolve_resume_path(path)  # a directory without one: the same UserError as later
     return path if os.path.isfile(path) else None
-
-
-def recorded_args(path: str) -> Dict[str, Any]:
-    """The flags a checkpoint records (``args``), without reading its tensors; {} when it records none or cannot
-    be read (loading it later reports why)."""
-    import checkpoints
-    from models.weights import safe_load
-    try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            try:
-                raw = torch.load(path, map_location='cpu', weights_only=True, mmap=True)
-            except RuntimeError as e:
-                if 'mmap' not in str(e):
-                    raise
-                raw = safe_load(path)  # a legacy (non-zip) file cannot be mmapped
-    except Exception:  # noqa: BLE001  (any unreadable file: the load that needs it says why)
-        return {}
-    rec = raw.get('args') if isinstance(raw, Mapping) else None
-    if isinstance(rec, argparse.Namespace):
-        rec = vars(rec)
-    return checkpoints._to_plain(rec) if isinstance(rec, Mapping) else {}
 
 
 def _coerce(parser: argparse.ArgumentParser, dest: str, value: Any) -> Tuple[bool, Any]:
@@ -196,7 +175,7 @@ def inherit_from_checkpoint(args: argparse.Namespace, explicit: Set[str], parser
     :func:`checkpoint_to_inherit_from` unless given. Changes ``args`` in place."""
     if recorded is None:
         checkpoint = checkpoint_to_inherit_from(args)
-        recorded = recorded_args(checkpoint) if checkpoint else {}
+        recorded = checkpoint_meta.recorded_args(checkpoint) if checkpoint else {}
     result = Inherited(checkpoint=checkpoint)
     if not recorded:
         return result
@@ -215,19 +194,3 @@ def inherit_from_checkpoint(args: argparse.Namespace, explicit: Set[str], parser
             setattr(args, dest, theirs)
             result.taken[dest] = theirs
     return result
-
-
-def class_names_warning(recorded: Any, found: Optional[Sequence[str]], checkpoint: str, data: str) -> Optional[str]:
-    """A warning when the checkpoint's class names (label order) are not the data's: same count, other labels,
-    so every accuracy would be silently wrong; None when they agree or either is unknown."""
-    if not isinstance(recorded, (list, tuple)) or not recorded or found is None:
-        return None
-    recorded, found = [str(n) for n in recorded], [str(n) for n in found]
-    if recorded == found:
-        return None
-    if len(recorded) != len(found):
-        return (f'{checkpoint} was trained on {len(recorded)} classes, {data} has {len(found)}: its labels do not '
-                f'correspond')
-    i = next(i for i, (a, b) in enumerate(zip(recorded, found)) if a != b)
-    return (f'the classes of {data} are not those {checkpoint} was trained on (label {i} is {found[i]!r} here, '
-            f'{recorded[i]!r} in the checkpoint): accuracies compare the wrong labels; use its training classes')

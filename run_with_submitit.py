@@ -55,7 +55,12 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+import checkpoints
+import config
 import main as hornet_main
+import run_settings
+import utils
+from errors import UserError
 
 REPO = Path(__file__).resolve().parent
 _logger = logging.getLogger('hornet')
@@ -65,8 +70,7 @@ _PATH_FLAGS = ('data_path', 'eval_data_path', 'output_dir', 'log_dir', 'resume',
 
 def get_args_parser() -> argparse.ArgumentParser:
     """``main.py``'s parser plus the SLURM flags (the original run_with_submitit.py's names and units)."""
-    p = hornet_main._Parser('Submitit for HorNet', parents=[hornet_main.get_args_parser()], add_help=False,
-                            allow_abbrev=False)
+    p = config.Parser('Submitit for HorNet', parents=[config.get_args_parser()], add_help=False, allow_abbrev=False)
     g = p.add_argument_group('SLURM (run_with_submitit.py)')
     g.add_argument('--ngpus', default=8, type=int, help='GPUs per node (one task per GPU); ignored with --device cpu')
     g.add_argument('--nodes', default=2, type=int, help='number of nodes')
@@ -76,7 +80,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="job directory: submitit's files, and --output_dir when that is unset or ''; "
                         "default ./jobs/<job_name>")
     g.add_argument('--partition', default='', type=str, help='partition (default: the cluster default)')
-    g.add_argument('--use_volta32', type=hornet_main.str2bool, nargs='?', const=True, default=False,
+    g.add_argument('--use_volta32', type=config.str2bool, nargs='?', const=True, default=False,
                    help='add the constraint volta32gb (a FAIR cluster feature name)')
     g.add_argument('--constraint', default='', type=str, help='SLURM --constraint (node features)')
     g.add_argument('--comment', default='', type=str, help='comment passed to the scheduler')
@@ -90,11 +94,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument('--signal_delay_s', default=120, type=int,
                    help='SLURM sends SIGUSR2 this many seconds before the time limit (save + requeue)')
     g.add_argument('--max_num_timeout', default=30, type=int, help='how many times a timed-out job is requeued')
-    g.add_argument('--requeue_on_sigterm', type=hornet_main.str2bool, default=False,
+    g.add_argument('--requeue_on_sigterm', type=config.str2bool, default=False,
                    help='also requeue after SIGTERM (by default SIGTERM saves and stops: scancel sends it)')
     g.add_argument('--slurm_setup', action='append', default=[], metavar='LINE',
                    help='shell line run before the job (e.g. "module load cuda"); repeatable')
-    g.add_argument('--dry_run', type=hornet_main.str2bool, nargs='?', const=True, default=False,
+    g.add_argument('--dry_run', type=config.str2bool, nargs='?', const=True, default=False,
                    help='print the sbatch script and exit without submitting')
     for action in p._actions:  # the same flag means something else here: say so in --help
         if action.dest == 'output_dir':
@@ -105,10 +109,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """CLI + optional YAML (``--config``, which may hold the SLURM flags too), validated as main.py does."""
-    from errors import UserError
-    import run_settings
     parser = get_args_parser()
-    args, explicit = hornet_main.read_flags_explicit(parser, argv)
+    args, explicit = config.read_flags_explicit(parser, argv)
     # the checkpoint's model and recipe for flags not given, as main.py does (said on the console at submission)
     for _, line in run_settings.inherit_from_checkpoint(args, explicit, parser).messages():
         print(line, file=sys.stderr)
@@ -141,7 +143,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     check = copy.copy(args)
     if check.device != 'cpu':
         check.device = ''  # skips the "CUDA available here?" and "fp16 on CPU" checks, both about the job's nodes
-    hornet_main.validate_args(check)
+    config.validate_args(check)
     args.finetune, args.resume, args.pretrained = check.finetune, check.resume, check.pretrained  # names -> URLs
 
     if not args.job_name:
@@ -230,8 +232,6 @@ class Trainer:
 
     def __call__(self) -> Dict[str, Any]:
         import submitit
-        import checkpoints
-        import utils
 
         dist_env = submitit.helpers.TorchDistributedEnvironment()
         # keep every GPU of the node visible: init_distributed selects cuda:LOCAL_RANK
@@ -283,7 +283,6 @@ class Trainer:
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
-    from errors import UserError
     try:
         args = parse_args(argv)
         if args.dry_run:

@@ -1,19 +1,19 @@
-"""Process-wide plumbing: distributed state (read once from the environment), logging, progress meters,
-graceful-stop signals and FLOP counting.
+"""The process: who it is in a distributed run (read once from the environment), the collectives every rank takes
+part in, the CPU cores and threads it may use, and graceful-stop signals.
 
-Checkpoint I/O lives in ``checkpoints.py``; optimizer/schedules in ``optim_factory.py``.
+Logging and progress meters live in ``runlog.py``; checkpoint I/O in ``checkpoints.py``; FLOP counting in
+``models/flops.py``.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import os
 import signal
-import sys
 import time
-from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -113,7 +113,8 @@ def init_distributed(device: str, dist_url: str = 'env://', world_size: int = 1,
             kwargs.pop('init_method')
             kwargs['store'] = dist.PrefixStore(f'hornet/restart_{restart}', store)
         dist.init_process_group(**kwargs)
-    _STATE = DistState(rank=rank, world_size=world, local_rank=local, device=dev, backend=backend if world > 1 else None)
+    _STATE = DistState(rank=rank, world_size=world, local_rank=local, device=dev,
+                       backend=backend if world > 1 else None)
     return _STATE
 
 
@@ -223,7 +224,6 @@ def match_param_strides_to_grads(model: torch.nn.Module, input_size: int, channe
     off a forward/backward of a copy of the model on the meta device: no compute, no memory, no random draws.
     Returns the names of the parameters that changed.
     """
-    import copy
     try:
         probe = copy.deepcopy(model).to('meta')
         probe.train()
@@ -285,149 +285,6 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
-# ---------------------------------------------------------------------------------------------- logging
-class _RankFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return _STATE.is_main or record.levelno >= logging.WARNING
-
-
-def setup_logging(output_dir: Optional[str] = None, level: int = logging.INFO) -> None:
-    """Log to stderr (rank 0 only below WARNING) and, on rank 0, to ``output_dir/train.log``."""
-    root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, '_hornet', False):
-            root.removeHandler(h)
-    fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(fmt)
-    handler.addFilter(_RankFilter())
-    handler._hornet = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
-    if output_dir and _STATE.is_main:
-        os.makedirs(output_dir, exist_ok=True)
-        fh = logging.FileHandler(os.path.join(output_dir, 'train.log'))
-        fh.setFormatter(fmt)
-        fh._hornet = True  # type: ignore[attr-defined]
-        root.addHandler(fh)
-    root.setLevel(level)
-
-
-def log_to_file(level: int, message: str, exc_info: Optional[tuple] = None) -> None:
-    """Record ``message`` in train.log, if open, and not on the console (which already shows it): the line that
-    ended a run belongs at the end of its log."""
-    record = _logger.makeRecord(_logger.name, level, __file__, 0, message, None, exc_info)
-    for h in logging.getLogger().handlers:
-        if getattr(h, '_hornet', False) and isinstance(h, logging.FileHandler):
-            h.handle(record)
-
-
-class SmoothedValue:
-    """Windowed median/avg plus global average of a scalar series."""
-
-    def __init__(self, window: int = 20, fmt: str = '{median:.4f} ({global_avg:.4f})'):
-        self.deque: deque = deque(maxlen=window)
-        self.total = 0.0
-        self.count = 0
-        self.fmt = fmt
-        self._constant: Optional[float] = None  # the value while every update had the same one
-        self._varied = False
-
-    def update(self, value: float, n: int = 1) -> None:
-        self.deque.append(value)
-        if self.count == 0:
-            self._constant = value
-        elif value != self._constant:
-            self._varied = True
-        self.count += n
-        self.total += value * n
-
-    @property
-    def median(self) -> float:
-        return float(torch.tensor(list(self.deque)).median().item()) if self.deque else 0.0
-
-    @property
-    def avg(self) -> float:
-        return sum(self.deque) / max(len(self.deque), 1)
-
-    @property
-    def global_avg(self) -> float:
-        """The mean of all updates; exactly the value when it never changed (0.05, not 0.049999999999999954)."""
-        if self.count and not self._varied and self._constant is not None:
-            return self._constant
-        return self.total / max(self.count, 1)
-
-    @property
-    def value(self) -> float:
-        return self.deque[-1] if self.deque else 0.0
-
-    def __str__(self) -> str:
-        return self.fmt.format(median=self.median, avg=self.avg, global_avg=self.global_avg, value=self.value)
-
-
-class MetricLogger:
-    """Per-step progress lines with ETA and img/s (rank 0), and epoch averages for log.txt."""
-
-    def __init__(self, delimiter: str = '  '):
-        self.meters: Dict[str, SmoothedValue] = defaultdict(SmoothedValue)
-        self.delimiter = delimiter
-
-    def update(self, n: int = 1, **kwargs: float) -> None:
-        for k, v in kwargs.items():
-            if v is None:
-                continue
-            self.meters[k].update(float(v), n)
-
-    def __str__(self) -> str:
-        return self.delimiter.join(f'{k}: {m}' for k, m in self.meters.items())
-
-    def log_every(self, iterable: Iterable, print_freq: int, header: str, total: int,
-                  batch_size: int = 0, world_size: Optional[int] = None) -> Iterator:
-        """Yield from ``iterable``, logging progress every ``print_freq`` items and at the last one.
-
-        img/s is over the recent window, for all ``world_size`` processes (default: every process); the images
-        per item are ``batch_size``, or when that is 0 the length of each item's first element (the batch). The
-        line ends with the time spent waiting for the loader and its share of the step (loaders.DataWaitMonitor)."""
-        from loaders import DataWaitMonitor, timed
-        start = last = time.time()
-        iter_time = SmoothedValue(fmt='{avg:.3f}')
-        images: deque = deque(maxlen=iter_time.deque.maxlen)
-        data_wait = DataWaitMonitor()
-        width = len(str(total))
-        world = _STATE.world_size if world_size is None else world_size
-        for i, (obj, waited) in enumerate(timed(iterable)):
-            n = batch_size or _batch_len(obj)
-            yield obj
-            now = time.time()
-            iter_time.update(now - last)
-            data_wait.update(waited, now - last)
-            images.append(n)
-            last = now
-            if i % print_freq == 0 or i == total - 1:
-                eta = datetime.timedelta(seconds=int(iter_time.global_avg * (total - i - 1)))
-                speed = ''
-                if all(images):
-                    ips = sum(images) * world / max(sum(iter_time.deque), 1e-9)
-                    speed = f'  img/s: {ips:.1f}'
-                _logger.info('%s [%*d/%d] eta: %s  %s%s  %s', header, width, i, total, eta, self, speed,
-                             data_wait.summary())
-        _logger.info('%s Total time: %s (%.3f s / it)', header,
-                     datetime.timedelta(seconds=int(time.time() - start)), (time.time() - start) / max(total, 1))
-
-
-def _batch_len(obj: object) -> int:
-    """Images in a loader item ``(images, targets)``; 0 if it cannot tell."""
-    first = obj[0] if isinstance(obj, (tuple, list)) and obj else obj
-    try:
-        return len(first)  # type: ignore[arg-type]
-    except TypeError:
-        return 0
-
-
-def plural(n: int, word: str) -> str:
-    """``plural(1, 'epoch')`` -> '1 epoch', ``plural(12, 'epoch')`` -> '12 epochs'."""
-    return f'{n} {word}' if n == 1 else f'{n} {word}s'
-
-
 # ---------------------------------------------------------------------------------------------- graceful stop
 class StopRequest:
     """Set by SIGTERM/SIGUSR2 (preemption, time limit) or a first Ctrl-C (SIGINT, where installed for it) so
@@ -486,57 +343,3 @@ class StopRequest:
 
 
 STOP = StopRequest()
-
-
-# ---------------------------------------------------------------------------------------------- flops
-def count_flops(model: torch.nn.Module, input_size: int, in_chans: int = 3) -> float:
-    """Multiply-adds (the paper's "FLOPs") of one image: torch's FlopCounterMode count (2 per MAC) / 2, FFTs included.
-
-    Runs on a throw-away meta-device copy, so it costs no memory and no compute.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-    import copy
-    custom = fft_flop_formulas()
-    m = copy.deepcopy(model).to('meta').eval()
-    x = torch.empty(1, in_chans, input_size, input_size, device='meta')
-    with FlopCounterMode(display=False, custom_mapping=custom) as counter, torch.no_grad():
-        m(x)
-    return counter.get_total_flops() / 2.0
-
-
-def _fft_points(shape: Sequence[int], dims: Sequence[int]) -> int:
-    import math
-    return math.prod(int(shape[d]) for d in dims)
-
-
-def _radix2(n: int) -> float:
-    """5 N log2 N: real FLOPs of one complex N-point FFT (Cooley-Tukey radix-2 estimate; 0 for N <= 1)."""
-    import math
-    return 5.0 * n * math.log2(n) if n > 1 else 0.0
-
-
-def fft_r2c_flop(x_shape, dim, normalization, onesided, *args, out_shape=None, **kwargs) -> int:
-    """Real-to-complex FFT over ``dim``: 2.5 N log2 N FLOPs per transform, N = prod of the real input's sizes."""
-    import math
-    n = _fft_points(x_shape, dim)
-    return int(round(0.5 * _radix2(n) * (math.prod(x_shape) // max(n, 1))))
-
-
-def fft_c2r_flop(x_shape, dim, normalization, last_dim_size, *args, out_shape=None, **kwargs) -> int:
-    """Complex-to-real (inverse) FFT: 2.5 N log2 N FLOPs per transform, N = prod of the real output's sizes."""
-    import math
-    n = _fft_points(out_shape, dim)
-    return int(round(0.5 * _radix2(n) * (math.prod(out_shape) // max(n, 1))))
-
-
-def fft_c2c_flop(x_shape, dim, normalization, forward, *args, out_shape=None, **kwargs) -> int:
-    """Complex-to-complex FFT: 5 N log2 N FLOPs per transform."""
-    import math
-    n = _fft_points(x_shape, dim)
-    return int(round(_radix2(n) * (math.prod(x_shape) // max(n, 1))))
-
-
-def fft_flop_formulas() -> dict:
-    """FlopCounterMode formulas for the FFTs torch does not count (input layout B, C, H, W; N = H*W points)."""
-    aten = torch.ops.aten
-    return {aten._fft_r2c: fft_r2c_flop, aten._fft_c2r: fft_c2r_flop, aten._fft_c2c: fft_c2c_flop}

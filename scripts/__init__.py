@@ -1,1 +1,1 @@
-"""The user tools (predict, export, flops, plot_log, checkpoint_meta); measuring tools: scripts/bench/."""
+"""The user tools (predict, export, flops, plot_log); measuring tools: scripts/bench/."""

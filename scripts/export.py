@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 import time
 import warnings
@@ -29,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional, Sequence, Tuple
 
 try:
+    import checkpoint_meta
     from errors import UserError
-    from scripts import checkpoint_meta
 except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
     from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
     exit_with_install_hint(e, 'scripts.export')
@@ -42,7 +41,6 @@ if TYPE_CHECKING:  # torch, timm and the models are imported once the arguments 
 
 _logger = logging.getLogger('export')
 
-_HEAD_KEY = re.compile(r'^(?:module\.|_orig_mod\.)*head(?:\.fc)?\.weight$')
 DEFAULT_OPSET = 17  # LayerNormalization is a single op from opset 17
 
 
@@ -100,8 +98,7 @@ def build_model(name: Optional[str], checkpoint: Optional[str],
                 raise UserError(f"{checkpoint} does not record its model and does not look like a released variant: "
                                 f"pass --model NAME")
             _logger.info('model %s (from the checkpoint)', name)
-        heads = [v for k, v in sd.items() if _HEAD_KEY.match(k)]
-        num_classes = int(heads[0].shape[0]) if heads and heads[0].ndim == 2 else 0
+        num_classes = checkpoint_meta.head_classes(sd) or 0
         if num_classes == 0:
             _logger.warning('%s has no classifier head: exporting the pooled features', checkpoint)
         from models.hornet import create_model_with_weights

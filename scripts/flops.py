@@ -57,7 +57,7 @@ MMPRETRAIN_FLOPS_224: Dict[str, int] = {
 }
 FFT_OPS = (aten._fft_r2c, aten._fft_c2r, aten._fft_c2c)
 # one definition of the FFT formulas, shared with main.py's start-up FLOP count
-from utils import _fft_points, _radix2, fft_c2c_flop, fft_c2r_flop, fft_r2c_flop  # noqa: E402,F401
+from models.flops import fft_c2c_flop, fft_c2r_flop, fft_r2c_flop  # noqa: E402,F401
 
 FFT_FLOP_MAPPING: Dict[Any, Callable[..., int]] = {
     aten._fft_r2c: fft_r2c_flop,

@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 try:
+    import checkpoint_meta
     from errors import UserError
-    from scripts import checkpoint_meta
 except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
     from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
     exit_with_install_hint(e, 'scripts.predict')
@@ -49,7 +48,6 @@ _logger = logging.getLogger('predict')
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm', '.pgm')
 NO_CHECKPOINT = ('no --checkpoint given: predictions of random weights are meaningless '
                  '(pass --checkpoint PATH, or --allow_random for a smoke test)')
-_HEAD_KEY = re.compile(r'^(?:module\.|_orig_mod\.)*head(?:\.fc)?\.weight$')
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -99,9 +97,9 @@ def find_images(paths: Sequence[str]) -> List[Path]:
 
 def head_classes(state_dict: Dict[str, torch.Tensor], path: str) -> int:
     """Number of classes of the checkpoint's classifier."""
-    for key, value in state_dict.items():
-        if _HEAD_KEY.match(key) and value.ndim == 2:
-            return int(value.shape[0])
+    found = checkpoint_meta.head_classes(state_dict)
+    if found is not None:
+        return found
     raise UserError(f"{path} has no classifier head (head.weight): it is a backbone-only checkpoint, "
                     f"predict needs a classification checkpoint")
 

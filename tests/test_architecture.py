@@ -244,21 +244,11 @@ def test_models_imports_no_top_level_module(project):
 
 
 # ---------------------------------------------------------------------------------------------- the whole project
-# Offenders outside models/ when this was written (datasets/loaders/utils/main are being restructured in parallel)
-REMAINING_CYCLES = 'datasets <-> loaders (datasets.py imports loaders in a function, loaders.py imports datasets)'
-REMAINING_PRIVATE = ('datasets._mix (dali_backend); datasets._scandir_sorted, _dir_id, _uint8_pipeline, _list_images '
-                     '(eval_sets); datasets._mean_std, _use_compatible_posterize, _auto_augment (loaders); '
-                     'checkpoints._to_plain (run_settings); main._Parser (run_with_submitit); utils._fft_points, '
-                     '_radix2 (scripts.flops)')
-
-
-@pytest.mark.xfail(strict=False, reason=f'other issue-17 parts not merged yet; cycles: {REMAINING_CYCLES}')
 def test_project_has_no_import_cycles(project):
     found = [cycle_text(project, c) for c in cycles(project)]
     assert not found, '\n'.join(found)
 
 
-@pytest.mark.xfail(strict=False, reason=f'other issue-17 parts not merged yet; private names used: {REMAINING_PRIVATE}')
 def test_project_uses_no_private_name_of_another_module(project):
     found = [f'{who}:{line} uses {used}' for who, used, line in private_uses(project)]
     assert not found, '\n'.join(found)

@@ -21,6 +21,7 @@ import torch
 import checkpoints
 import engine
 import main as main_mod
+import runlog
 import utils
 from tests.train_helpers import REPO, base_args, env, make_image_folder, run_main
 
@@ -201,11 +202,11 @@ def test_tensorboard_follows_the_output_dir(finished_run):
     assert len(events) == 1
     assert f'tensorboard --logdir {out / "tb"}' in proc.stderr
     args = main_mod.parse_args(['--device', 'cpu', '--output_dir', 'out/qs2'])
-    assert main_mod.tensorboard_dir(args) == os.path.join('out/qs2', 'tb')
+    assert runlog.tensorboard_dir(args) == os.path.join('out/qs2', 'tb')
     args.log_dir = ''
-    assert main_mod.tensorboard_dir(args) is None
+    assert runlog.tensorboard_dir(args) is None
     args.log_dir, args.output_dir = '/elsewhere', ''
-    assert main_mod.tensorboard_dir(args) == '/elsewhere'
+    assert runlog.tensorboard_dir(args) == '/elsewhere'
 
 
 def test_checkpoints_follow_the_umask(finished_run, tmp_path):
@@ -311,7 +312,7 @@ def test_quickstart_validation_set_is_built_once(tmp_path, caplog):
 
 
 def test_a_constant_logged_value_averages_to_itself():
-    meter = utils.SmoothedValue()
+    meter = runlog.SmoothedValue()
     for _ in range(62):
         meter.update(0.05)
     assert meter.global_avg == 0.05
@@ -322,7 +323,7 @@ def test_a_constant_logged_value_averages_to_itself():
 def test_progress_lines_count_images_from_the_batches(caplog):
     batches = [(torch.zeros(6, 3), torch.zeros(6)), (torch.zeros(6, 3), torch.zeros(6)), (torch.zeros(2, 3),)]
     with caplog.at_level(logging.INFO, logger='hornet'):
-        for _ in utils.MetricLogger().log_every(batches, 1, 'Test:', len(batches)):
+        for _ in runlog.MetricLogger().log_every(batches, 1, 'Test:', len(batches)):
             time.sleep(0.01)
     lines = [r.getMessage() for r in caplog.records if '] eta:' in r.getMessage()]
     assert len(lines) == 3 and all('img/s: ' in l and 'img/s: 0.0' not in l for l in lines), lines

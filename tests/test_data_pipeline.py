@@ -238,7 +238,7 @@ def test_uint8_training_batches_are_a_quarter_of_the_float_bytes(tmp_path):
 
 
 def test_progress_line_shows_data_wait_and_warns_when_the_loader_is_the_bottleneck(caplog):
-    import utils
+    import runlog
 
     def slow():
         for i in range(12):
@@ -246,7 +246,7 @@ def test_progress_line_shows_data_wait_and_warns_when_the_loader_is_the_bottlene
             yield i
 
     caplog.set_level(logging.INFO)
-    for _ in utils.MetricLogger().log_every(slow(), 4, 'Epoch: [0]', 12, batch_size=2):
+    for _ in runlog.MetricLogger().log_every(slow(), 4, 'Epoch: [0]', 12, batch_size=2):
         pass
     lines = [r.getMessage() for r in caplog.records]
     assert any('data: 0.02' in ln and '%)' in ln for ln in lines), lines

@@ -461,6 +461,122 @@ def test_three_processes_give_the_single_process_numbers(tmp_path, manifest, all
                                                              for n in out['set_sizes']]
 
 
+# ----------------------------------------------------------------------------------------------------------------------
+# main.py --eval --eval_sets: one command, the numbers of evaluate_sets called directly
+# ----------------------------------------------------------------------------------------------------------------------
+
+CLI_ARGS = argparse.Namespace(input_size=32, crop_pct=None, imagenet_default_mean_and_std=True, data_backend='pil',
+                              remode='pixel', batch_size=4)  # hornet_micro_7x7 at 32 px: the 40 px images cropped
+
+
+def _micro(num_classes: int, favoured: int, seed: int) -> nn.Module:
+    """A micro HorNet whose head prefers class ``favoured`` by a wide margin, so that accuracies are not all 0."""
+    import timm
+
+    import models  # noqa: F401  (registers the HorNet variants)
+    torch.manual_seed(seed)
+    model = timm.create_model('hornet_micro_7x7', num_classes=num_classes)
+    with torch.no_grad():
+        model.head.bias[favoured] += 10.0
+    return model.eval()
+
+
+def _direct(model: nn.Module, specs: Sequence[str], num_classes: int) -> List[eval_sets.SetResult]:
+    """evaluate_sets called directly, with --eval's transform and loader (1.5 x --batch_size per batch)."""
+    sets = eval_sets.build_eval_sets(eval_sets.parse_eval_sets(list(specs)), eval_sets.eval_transform(CLI_ARGS))
+    wrap = lambda loader: loaders.wrap_loader(loader, CLI_ARGS, torch.device('cpu'))  # noqa: E731
+    return eval_sets.evaluate_sets(model, sets, num_classes=num_classes, make_loader=lambda d: eval_sets.eval_loader(
+        d, batch_size=int(1.5 * CLI_ARGS.batch_size), wrap=wrap))
+
+
+def _cli(argv: Sequence[str]) -> int:
+    import main
+    return main.cli(['--device', 'cpu', '--batch_size', str(CLI_ARGS.batch_size), '--num_workers', '0', *argv])
+
+
+def _table_rows(stdout: str) -> List[List[str]]:
+    """The rows of a printed table (name, images, Acc@1, Acc@5, loss; img/s left out: it is a timing)."""
+    lines = stdout.splitlines()
+    start = lines.index(next(line for line in lines if line.split()[:2] == ['set', 'images'])) + 2
+    rows = []
+    for line in lines[start:]:
+        if not line.strip() or ':' in line.split()[0] or line.startswith('EMA'):
+            break
+        rows.append(line.split()[:5])
+    return rows
+
+
+def _expected_rows(results: Sequence[eval_sets.SetResult]) -> List[List[str]]:
+    return [[r.name, str(r.images), f'{r.acc1:.3f}', f'{r.acc5:.3f}', f'{r.loss:.4f}'] for r in results]
+
+
+def _same_numbers(got: Dict[str, Any], want: Sequence[eval_sets.SetResult]) -> None:
+    assert list(got) == [r.name for r in want]
+    for r in want:
+        g = got[r.name]
+        assert (g['images'], g['classes'], g['acc1'], g['acc5']) == (r.images, r.classes, r.acc1, r.acc5), r.name
+        assert g['loss'] == pytest.approx(r.loss, rel=1e-5), r.name  # thread counts may reorder float sums
+
+
+def test_eval_sets_from_the_command_line_print_and_save_what_evaluate_sets_computes(tmp_path, manifest, capsys):
+    import hashlib
+
+    import checkpoints
+    specs = [f'imagenet={manifest["root"]}/imagenet', f'a={manifest["root"]}/a']
+    a_idx = eval_sets.subset_indices('a')
+    model, ema = _micro(1000, favoured=5, seed=1), _micro(1000, favoured=a_idx[7], seed=2)
+    ckpt = checkpoints.save_training_checkpoint(tmp_path, 0, {  # what main.py writes; it records model and size
+        'model': model.state_dict(), 'model_ema': ema.state_dict(), 'optimizer': {}, 'epoch': 0, 'global_step': 1,
+        'step_in_epoch': 0, 'epoch_complete': True,
+        'args': {'model': 'hornet_micro_7x7', 'input_size': 32, 'nb_classes': 1000}})
+    out = tmp_path / 'eval'
+    assert _cli(['--eval', 'true', '--resume', str(ckpt), '--model_ema_eval', 'true', '--output_dir', str(out),
+                 '--eval_sets', *specs]) == 0
+    printed = capsys.readouterr().out
+    want, want_ema = _direct(model, specs, 1000), _direct(ema, specs, 1000)
+    assert want[0].acc1 == pytest.approx(100 * 3 / 7) and want_ema[1].acc1 == pytest.approx(100 * 3 / 7)
+    assert _table_rows(printed) == _expected_rows(want)
+    assert _table_rows(printed.split('EMA weights:')[1]) == _expected_rows(want_ema)
+    doc = json.loads((out / 'eval.json').read_text())
+    _same_numbers(doc['sets'], want)
+    _same_numbers(doc['sets_ema'], want_ema)
+    assert doc['checkpoint'] == str(ckpt) and doc['sha256'] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    assert doc['settings']['model'] == 'hornet_micro_7x7' and doc['settings']['input_size'] == 32
+
+
+def test_a_22k_file_is_scored_through_its_1k_rows_without_nb_classes(tmp_path, manifest, capsys):
+    from models.weights import IN22K_CLASSES, in1k_to_21k_map
+    specs = [f'imagenet={manifest["root"]}/imagenet', f'sketch={manifest["root"]}/sketch']
+    model = _micro(IN22K_CLASSES, favoured=int(in1k_to_21k_map()[5]), seed=3)
+    path = tmp_path / 'hornet_micro_22k.pth'
+    torch.save({'model': model.state_dict()}, path)  # as released: weights only, no recorded args
+    out = tmp_path / 'eval'
+    assert _cli(['--model', 'hornet_micro_7x7', '--input_size', '32', '--eval', '--resume', str(path),
+                 '--output_dir', str(out), '--eval_sets', *specs]) == 0
+    want = _direct(model, specs, IN22K_CLASSES)
+    assert want[0].acc1 == pytest.approx(100 * 3 / 7)  # class 5, through its 22K row
+    assert _table_rows(capsys.readouterr().out) == _expected_rows(want)
+    doc = json.loads((out / 'eval.json').read_text())
+    _same_numbers(doc['sets'], want)
+    assert doc['settings']['head_classes'] == IN22K_CLASSES and 'sets_ema' not in doc
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--eval_sets', 'v2=/x'], '--eval_sets scores the weights of --resume on test sets and exits: add --eval true'),
+    (['--eval', '--resume', '{ckpt}', '--eval_labels', '/x.csv'], '--eval_labels /x.csv labels a flat ImageNet val'),
+    (['--eval', '--resume', '{ckpt}', '--eval_sets', 'v2={root}/imagenet'], "--eval_sets v2={root}/imagenet: "),
+])
+def test_eval_set_flag_errors_are_one_line_before_the_model_is_built(tmp_path, manifest, capsys, argv, message):
+    ckpt = tmp_path / 'w.pth'
+    torch.save({'model': {}}, ckpt)
+    fill = dict(ckpt=str(ckpt), root=manifest['root'])
+    assert _cli(['--model', 'hornet_micro_7x7', *[a.format(**fill) for a in argv]]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith('error: ')]
+    assert len(errors) == 1 and message.format(**fill) in errors[0], err
+    assert 'Model hornet_micro_7x7' not in err and 'Traceback' not in err
+
+
 def _distributed_main(manifest_path: str, out_path: str) -> None:
     import torch.distributed as dist
 

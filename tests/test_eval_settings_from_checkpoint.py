@@ -16,6 +16,7 @@ import pytest
 import timm
 import torch
 
+import checkpoint_meta
 import checkpoints
 import main as main_mod
 import models  # noqa: F401  (registers the HorNet variants)
@@ -179,8 +180,8 @@ def test_checkpoints_record_the_class_names_and_eval_warns_when_the_data_has_oth
     assert proc.returncode == 0, proc.stderr[-3000:]
     warnings = [l for l in proc.stderr.splitlines() if 'WARNING' in l]
     assert len(warnings) == 1 and 'are not those' in warnings[0], warnings
-    assert run_settings.class_names_warning(classes, classes, 'c', 'd') is None
-    assert run_settings.class_names_warning(None, classes, 'c', 'd') is None  # older checkpoints: nothing known
+    assert checkpoint_meta.class_names_warning(classes, classes, 'c', 'd') is None
+    assert checkpoint_meta.class_names_warning(None, classes, 'c', 'd') is None  # older checkpoints: nothing known
 
 
 def test_a_bad_combination_made_by_an_inherited_flag_names_where_it_came_from(tmp_path):

@@ -9,7 +9,7 @@ seconds on a CPU. A ``TorchDispatchMode`` records each op below autograd, i.e. t
   counted once at its size without broadcast dimensions (an expanded bias counts C elements, not B*H*W*C).
   This is a lower bound of the op's DRAM traffic: it assumes each operand crosses the memory bus exactly once.
 * **FLOPs**: ``torch.utils.flop_counter``'s formulas for matmuls, convolutions and attention (2 per
-  multiply-add), this project's FFT formulas (``utils.fft_flop_formulas``), and one FLOP per element of the
+  multiply-add), this project's FFT formulas (``models.flops.fft_flop_formulas``), and one FLOP per element of the
   largest operand for every other op (elementwise ops are memory-bound at any plausible count).
 * **time**: ``max(bytes / bandwidth, FLOPs / peak)`` per op, where the peak is the tensor-core peak for
   matmuls and convolutions in bf16/fp16 (the TF32 tensor peak for fp32 ones, ``--tf32 off``: the fp32 peak),

@@ -21,6 +21,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from models.flops import fft_flop_formulas
 from scripts.bench.common import build_model
 
 aten = torch.ops.aten
@@ -262,11 +263,7 @@ def _is_view(func: torch._ops.OpOverload) -> bool:
 
 
 def _fft_formulas() -> Dict[Any, Callable[..., int]]:
-    try:
-        from utils import fft_flop_formulas
-        return fft_flop_formulas()
-    except ImportError:  # pragma: no cover - the project's utils is always there
-        return {}
+    return fft_flop_formulas()
 
 
 class ModuleAttribution(TorchFunctionMode):

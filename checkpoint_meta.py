@@ -1,4 +1,8 @@
-"""What a checkpoint records about the run that wrote it, for ``predict.py`` and ``export.py``.
+"""What a checkpoint records about the run that wrote it: its flags, its class names, its head, its identity.
+
+One module reads this for every user: ``main.py`` (the settings a run takes from the checkpoint it evaluates or
+resumes, see run_settings.py; the class-names check; the head size of ``--eval_sets``; eval.json's sha256),
+``checkpoints.py`` (plain ``args`` on save and load) and the tools ``scripts/predict.py`` and ``scripts/export.py``.
 
 ``main.py`` stores its flags in every checkpoint (``args``: a dict; the original release stored an
 ``argparse.Namespace`` with the same names). From them the tools take the variant (``model``), the resolution the
@@ -6,16 +10,28 @@ model was trained and evaluated at (``input_size``), the evaluation transform's 
 ``imagenet_default_mean_and_std``) and the class names: a ``class_names`` list stored in the checkpoint where there
 is one, else the class folders of the data set the run was trained on (``data_set``/``data_path``), read in the
 order ``datasets.py`` gives labels (sorted folder names), when that folder still exists.
+
+Only the standard library is imported when this module loads: the tools check their arguments before torch is
+imported, so a mistyped path is reported at once. torch, the data sets and the models are imported by the functions
+that need them.
 """
 from __future__ import annotations
 
 import argparse
+import enum
+import hashlib
 import logging
 import os
+import pickle
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Optional, Sequence
+
+from errors import UserError
 
 _logger = logging.getLogger('checkpoint_meta')
+_HEAD_KEY = re.compile(r'^(?:module\.|_orig_mod\.)*head(?:\.fc)?\.weight$')  # this project, DDP, compile, mmpretrain
 
 # main.py's defaults for the evaluation transform (see transforms.build_transform)
 EVAL_DEFAULTS = {'crop_pct': None, 'imagenet_default_mean_and_std': True}
@@ -39,17 +55,98 @@ class CheckpointInfo:
 
 
 def read_info(raw: Any) -> CheckpointInfo:
-    """The ``args`` (dict or original ``Namespace``) and ``class_names`` of a loaded checkpoint, if any."""
+    """The ``args`` (dict or original ``Namespace``, as plain data) and ``class_names`` of a loaded checkpoint."""
     if not isinstance(raw, Mapping):
         return CheckpointInfo()
     args = raw.get('args')
     if isinstance(args, argparse.Namespace):
         args = vars(args)
-    args = dict(args) if isinstance(args, Mapping) else {}
+    args = to_plain(args) if isinstance(args, Mapping) else {}
     names = raw.get('class_names')
     if not (isinstance(names, (list, tuple)) and names and all(isinstance(n, str) for n in names)):
         names = None
     return CheckpointInfo(args=args, class_names=list(names) if names else None)
+
+
+def to_plain(obj: Any) -> Any:
+    """argparse args (Paths, enums, numpy values...) as plain data that ``torch.load(weights_only=True)`` accepts:
+    what a checkpoint's ``args`` hold, on save and on load."""
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_plain(v) for v in obj) if type(obj) in (list, tuple) else [to_plain(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((to_plain(v) for v in obj), key=repr)
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if type(obj).__module__ == 'numpy' and hasattr(obj, 'tolist'):  # numpy scalars and arrays
+        return to_plain(obj.tolist())
+    if isinstance(obj, enum.Enum):
+        return to_plain(obj.value)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    return str(obj)  # torch.dtype, torch.device and anything else: its name
+
+
+def load_without_tensors(path: str) -> Any:
+    """The checkpoint object with its tensors memory-mapped, not read: its small fields cost no I/O. Raises what
+    loading raises (never runs code: weights_only)."""
+    import torch
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if 'mmap' not in str(e):
+            raise
+    from models.weights import safe_load
+    return safe_load(str(path))  # a legacy (non-zip) file cannot be mmapped: read it normally
+
+
+def recorded_args(path: str) -> Dict[str, Any]:
+    """The flags a checkpoint file records (``args``), without reading its tensors; {} when it records none or
+    cannot be read (loading it later reports why)."""
+    try:
+        raw = load_without_tensors(path)
+    except Exception:  # noqa: BLE001  (any unreadable file: the load that needs it says why)
+        return {}
+    return read_info(raw).args
+
+
+def head_classes(state_dict: Mapping[str, Any]) -> Optional[int]:
+    """Rows of the checkpoint's classifier (``head.weight``, also under DDP/compile/mmpretrain names); None for a
+    backbone-only state dict."""
+    for key, value in state_dict.items():
+        if _HEAD_KEY.match(str(key)) and getattr(value, 'ndim', 0) == 2:
+            return int(value.shape[0])
+    return None
+
+
+def class_names_warning(recorded: Any, found: Optional[Sequence[str]], checkpoint: str, data: str) -> Optional[str]:
+    """A warning when the checkpoint's class names (label order) are not the data's: same count, other labels,
+    so every accuracy would be silently wrong; None when they agree or either is unknown."""
+    if not isinstance(recorded, (list, tuple)) or not recorded or found is None:
+        return None
+    recorded, found = [str(n) for n in recorded], [str(n) for n in found]
+    if recorded == found:
+        return None
+    if len(recorded) != len(found):
+        return (f'{checkpoint} was trained on {len(recorded)} classes, {data} has {len(found)}: its labels do not '
+                f'correspond')
+    i = next(i for i, (a, b) in enumerate(zip(recorded, found)) if a != b)
+    return (f'the classes of {data} are not those {checkpoint} was trained on (label {i} is {found[i]!r} here, '
+            f'{recorded[i]!r} in the checkpoint): accuracies compare the wrong labels; use its training classes')
+
+
+def file_sha256(path: str) -> str:
+    """The sha256 of a checkpoint file (of its cached download for a URL): which file eval.json's numbers are of."""
+    from models.downloads import resolve_local_path
+    h = hashlib.sha256()
+    with open(resolve_local_path(path), 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            h.update(block)
+    return h.hexdigest()
 
 
 def check_checkpoint_arg(checkpoint: Optional[str]) -> Optional[str]:
@@ -58,7 +155,6 @@ def check_checkpoint_arg(checkpoint: Optional[str]) -> Optional[str]:
     one-line ``UserError`` for a missing file. The models (torch, timm) are imported only for a name."""
     if checkpoint is None or checkpoint.startswith(('http://', 'https://')) or os.path.isfile(checkpoint):
         return None
-    from errors import UserError
     from models.downloads import find_released, not_a_released_name
     found = find_released(checkpoint)
     if found is not None:
@@ -126,7 +222,6 @@ def _names_from_data(args: Mapping[str, Any]) -> Optional[tuple]:
         _logger.info('training data folder %s (args.data_path) not found here: no class names from it', folder)
         return None
     import datasets
-    from errors import UserError
     try:
         names = datasets.find_classes(folder)  # exactly the label order training used
     except UserError as e:
@@ -136,7 +231,6 @@ def _names_from_data(args: Mapping[str, Any]) -> Optional[tuple]:
 
 
 def _cifar_names(root: str, ten: bool) -> Optional[tuple]:
-    import pickle
     folder, meta, key = (('cifar-10-batches-py', 'batches.meta', 'label_names') if ten
                          else ('cifar-100-python', 'meta', 'fine_label_names'))
     path = os.path.join(root, folder, meta)
