@@ -324,10 +324,10 @@ def test_export_writes_the_preprocessing_and_class_names_into_the_onnx_metadata(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta['class_names']) == ['circle', 'cross', 'square', 'triangle']
-    assert meta['class_names_source'] == f"the class folders of {data / 'train'}"
+    assert meta['class_names_source'] == 'the checkpoint (class_names)'  # main.py records them since issue 16
     assert meta['model'] == 'hornet_micro_7x7'
     assert f"metadata preprocessing: {meta['preprocessing']}" in proc.stdout
-    assert "metadata class_names: 'circle', 'cross', 'square', 'triangle' (from the class folders" in proc.stdout
+    assert "metadata class_names: 'circle', 'cross', 'square', 'triangle' (from the checkpoint" in proc.stdout
     assert json.loads(meta['input_size']) == [3, 64, 64] and meta['interpolation'] == 'bicubic'
     assert json.loads(meta['resize']) == {'shorter_side': 73} and float(meta['crop_pct']) == 0.875
 
