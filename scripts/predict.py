@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Sequence, Tuple
 
 try:
-    import checkpoint_meta
     from errors import UserError
+    import checkpoint_meta  # noqa: I100  (errors first: the one-line hint names the first missing module)
 except ModuleNotFoundError as e:  # run as a file from a checkout that is not installed: one line naming the fix
     from install_hint import exit_with_install_hint  # scripts/ is the first import path when run as a file
     exit_with_install_hint(e, 'scripts.predict')
