@@ -2,5 +2,21 @@
 
 The SLURM cluster is defined here (not imported into each module) so that pytest starts ONE cluster per session:
 two clusters would reuse job ids, and submitit's job-state cache is keyed by job id alone.
+
+Markers (declared in pytest.ini): ``slow`` (over ~5 s; ``-m "not slow"`` is the quick tier), ``distributed``
+(several torch.distributed processes), ``slurm`` (the local SLURM cluster), ``gpu`` (CUDA; skipped here otherwise).
 """
+import pytest
+import torch
+
 from tests.slurm_fixture import slurm_cluster  # noqa: F401
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, with the reason, where CUDA is not available."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
