@@ -95,15 +95,16 @@ def test_default_cfg_is_consistent_with_the_model(name):
         assert cfg['first_conv'] == model.first_conv and model.get_classifier() is model.head
         assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
         sd = model.state_dict()
-        assert cfg['classifier'] + '.weight' in sd and sd[cfg['classifier'] + '.weight'].shape[0] == cfg['num_classes']
-        assert cfg['first_conv'] + '.weight' in sd and sd[cfg['first_conv'] + '.weight'].shape[1] == cfg['input_size'][0]
+        head, stem = sd.get(cfg['classifier'] + '.weight'), sd.get(cfg['first_conv'] + '.weight')
+        assert head is not None and head.shape[0] == cfg['num_classes']
+        assert stem is not None and stem.shape[1] == cfg['input_size'][0]
         key = (cfg['num_classes'], tuple(cfg['input_size']))
         if key in checked:
             continue
         checked.add(key)
         x = torch.empty(1, *cfg['input_size'], device='meta')
         feats = model.forward_features(x)
-        assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size']), f'features {tuple(feats.shape)} vs {cfg["pool_size"]}'
+        assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size']), f'{tuple(feats.shape)} vs {cfg["pool_size"]}'
         assert feats.shape[1] == model.num_features
         assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
         assert model.forward_head(feats).shape == (1, cfg['num_classes'])  # forward() is forward_head(forward_features)
