@@ -263,6 +263,7 @@ def test_corrupt_image_error_names_file(tmp_path: Any, num_workers: int) -> None
         write_image(bad_path, 99)  # repaired: the next round meets the next bad file
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped_deterministically_when_asked(tmp_path: Any, caplog: Any) -> None:
     root, not_image, truncated = _with_bad_files(tmp_path)
     args = make_args(data_path=root, eval_data_path=root, skip_bad_images=True)

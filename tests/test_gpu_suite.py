@@ -116,6 +116,7 @@ def test_dry_run_fits_the_eight_minute_budget_in_the_worst_case(tmp_path, origin
     assert ('orig:hornet_tiny_gf' in eager) == original
 
 
+@pytest.mark.slow
 def test_environment_check_step_passes_here(tmp_path):
     """--check runs the suite's step 0 for real: imports, the model names and the gf_impl choices."""
     script = os.path.join(ROOT, 'scripts', 'gpu_suite.sh')
