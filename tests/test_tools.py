@@ -47,6 +47,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     return lines[0]
 
 
+def run_in_process(name: str, capsys, *args: str) -> subprocess.CompletedProcess:
+    """``scripts/<name> args...`` through its main() in this process (no interpreter start-up), for a further error
+    case of a script that the test has run as a subprocess: stdout/stderr as printed (log records not included)."""
+    capsys.readouterr()
+    try:
+        code = load_script(name[:-3]).main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([name, *args], code, out.out, out.err)
+
+
 def load_script(name: str):
     """Import scripts/<name>.py as a module (for the in-process checks)."""
     spec = importlib.util.spec_from_file_location(f'_tool_{name}', REPO / 'scripts' / f'{name}.py')
@@ -166,10 +178,10 @@ def test_predict_other_head_uses_class_names(tmp_path, images, capsys):
     ckpt.unlink()
 
 
-def test_predict_without_checkpoint_is_an_error(images):
+def test_predict_without_checkpoint_is_an_error(images, capsys):
     proc = run_script('predict.py', '--model', 'hornet_tiny_7x7', images['png'])
     assert_one_line_error(proc, '--checkpoint', '--allow_random')
-    proc = run_script('predict.py', '--checkpoint', 'no/such/file.pth', images['png'])
+    proc = run_in_process('predict.py', capsys, '--checkpoint', 'no/such/file.pth', images['png'])
     assert_one_line_error(proc, 'no/such/file.pth')
 
 
@@ -284,7 +296,7 @@ def test_predict_class_names_recorded_in_the_checkpoint_win_over_its_data_folder
 
 
 @pytest.mark.slow
-def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_run):
+def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_run, capsys):
     pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
     onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
     _, ckpt, _ = quickstart_run
@@ -297,7 +309,7 @@ def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_ru
     proc = run_script('export.py', '--checkpoint', ckpt, '--output', out, '--input_size', 64, '--no_verify')
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '--input_size 64 differs from the 32 px' in proc.stderr and '(64x64' in proc.stdout
-    proc = run_script('export.py', '--output', out)
+    proc = run_in_process('export.py', capsys, '--output', out)
     assert_one_line_error(proc, '--model')
 
 
