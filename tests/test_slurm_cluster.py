@@ -37,6 +37,7 @@ def _wait_done(cluster, job, timeout: float):
         raise AssertionError(f"{err}{_details(cluster, job)}") from None
 
 
+@pytest.mark.distributed
 def test_two_node_job_gets_two_ranks_on_two_nodes(slurm_cluster, tmp_path):
     executor = make_executor(tmp_path, nodes=2, tasks_per_node=1, cpus_per_task=1, timeout_min=30)
     job = executor.submit(slurm_jobs.allreduce_rank_plus_one)

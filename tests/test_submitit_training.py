@@ -100,6 +100,7 @@ def reference_job(slurm_cluster, tmp_path_factory, data):
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_two_node_training_job_completes_and_writes_final_checkpoint(slurm_cluster, reference_job):
     job, args = reference_job
     results = _wait_done(slurm_cluster, job, 120)
@@ -118,6 +119,7 @@ def test_two_node_training_job_completes_and_writes_final_checkpoint(slurm_clust
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize('how', ['usr2', 'requeue'])
 def test_interrupted_job_saves_requeues_resumes_and_matches_uninterrupted_run(slurm_cluster, reference_job,
                                                                               tmp_path, data, how):
@@ -153,6 +155,7 @@ def test_interrupted_job_saves_requeues_resumes_and_matches_uninterrupted_run(sl
 
 @pytest.mark.slurm
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_cancelled_job_is_reported_cancelled_and_not_requeued(slurm_cluster, tmp_path, data):
     args = rws.parse_args(_flags(data, tmp_path / 'job', epochs=20))
     out = pathlib.Path(args.output_dir)
