@@ -1,5 +1,5 @@
-"""scripts/benchmark.py end to end on CPU, at tiny settings (each test runs the real script once).
-
+"""scripts/benchmark.py end to end on CPU, at tiny settings (each test runs the real script once as a subprocess;
+a second run with other flags calls the script's ``main`` in this process).
 The script imports the checkout as a package (``pip install -e .``); here PYTHONPATH gives it the same."""
 import json
 import os
@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'scripts', 'benchmark.py')
@@ -18,14 +19,22 @@ def _run(*args, timeout=120):
                           env=ENV)
 
 
+def _main(*args) -> int:
+    """The script's main() in this process (no interpreter start-up)."""
+    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
+    import benchmark
+    return benchmark.main([str(a) for a in args])
+
+
 def _positive_stats(s):
     assert s['median'] > 0 and s['min'] > 0 and s['max'] >= s['median'] >= s['min']
     assert len(s['raw']) >= 1 and all(v > 0 for v in s['raw'])
 
 
+@pytest.mark.slow
 def test_model_mode_cpu_json(tmp_path):
     out = tmp_path / 'bench.json'
-    proc = _run('--models', 'hornet_tiny_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '32',
+    proc = _run('--models', 'hornet_micro_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '32',
                 '--repeats', '1', '--warmup', '1', '--json', str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
@@ -36,9 +45,13 @@ def test_model_mode_cpu_json(tmp_path):
     st = res['settings']
     assert st['batch_size'] == 2 and st['input_size'] == 32 and st['dtype'] == ['fp32'] and st['repeats'] == 1
     (row,) = res['results']
-    assert row['model'] == 'hornet_tiny_7x7' and row['error'] is None and row['dtype'] == 'fp32'
+    assert row['model'] == 'hornet_micro_7x7' and row['error'] is None and row['dtype'] == 'fp32'
     assert row['channels_last'] is False and row['compile'] is False
-    assert row['params_m'] > 20
+    import timm
+    import models  # noqa: F401
+    with torch.device('meta'):
+        n = sum(p.numel() for p in timm.create_model('hornet_micro_7x7').parameters())
+    assert row['params_m'] == pytest.approx(n / 1e6)
     _positive_stats(row['train_img_s'])
     _positive_stats(row['infer_img_s'])
     assert len(row['train_img_s']['raw']) == 1
@@ -46,9 +59,10 @@ def test_model_mode_cpu_json(tmp_path):
         mem = row['memory'][what]
         assert mem['peak_mb'] > 0 and mem['state_mb'] > 0 and mem['method']
     assert row['memory']['train']['state_mb'] > row['memory']['infer']['state_mb']  # AdamW moments
-    assert 'hornet_tiny_7x7' in proc.stdout and 'img/s' in proc.stdout
+    assert 'hornet_micro_7x7' in proc.stdout and 'img/s' in proc.stdout
 
 
+@pytest.mark.slow
 def test_data_mode_generated_folder(tmp_path):
     out = tmp_path / 'data.json'
     proc = _run('--mode', 'data', '--num_images', '8', '--gen_size', '64', '48', '--data_batch_size', '4',
@@ -65,16 +79,18 @@ def test_data_mode_generated_folder(tmp_path):
     assert 'CPU ms/img' in proc.stdout and 'vs reference' in proc.stdout
 
 
-def test_bad_input_is_one_line_error(tmp_path):
+def test_bad_input_is_one_line_error(tmp_path, capsys):
     proc = _run('--models', 'hornet_tiny_7xx', '--device', 'cpu')
     assert proc.returncode != 0
     err = proc.stderr.strip().splitlines()
     assert err[-1].startswith('error: unknown model') and 'hornet_tiny_7x7' in err[-1]
     assert 'Traceback' not in proc.stderr
-    proc = _run('--mode', 'data', '--data_path', str(tmp_path / 'missing'))
-    assert proc.returncode != 0 and 'Traceback' not in proc.stderr and 'not a directory' in proc.stderr
+    assert _main('--mode', 'data', '--data_path', tmp_path / 'missing') != 0
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err and 'not a directory' in err
 
 
+@pytest.mark.slow
 def test_memory_only_run_with_and_without_grad_checkpointing(tmp_path):
     out = tmp_path / 'mem.json'
     proc = _run('--models', 'hornet_micro_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '64',
@@ -88,6 +104,7 @@ def test_memory_only_run_with_and_without_grad_checkpointing(tmp_path):
         assert r['memory']['train']['peak_mb'] > r['memory']['train']['state_mb'] > 0
 
 
+@pytest.mark.slow
 def test_memory_mode_accounts_every_byte_of_a_fake_training_step(tmp_path):
     """Parameters and AdamW state are exact; activations grow with the batch; checkpointing shrinks them."""
     out = tmp_path / 'mem.json'
@@ -103,13 +120,13 @@ def test_memory_mode_accounts_every_byte_of_a_fake_training_step(tmp_path):
         assert abs(g['param'] * 2 ** 30 - 4 * n) < 1e-6 * 2 ** 30  # fp32 parameters
         assert abs(g['opt'] * 2 ** 30 - 8 * n) <= 64 * 1024  # two AdamW moments (+ step counters)
     assert gib['on']['act'] < gib['selective']['act'] < gib['off']['act']
-    proc = _run('--mode', 'memory', '--models', 'hornet_micro_7x7', '--batch_size', '8', '--input_size', '64',
-                '--json', str(out))
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _main('--mode', 'memory', '--models', 'hornet_micro_7x7', '--batch_size', '8', '--input_size', '64',
+                 '--json', out) == 0
     act8 = json.loads(out.read_text())['results'][0]['gib']['act']
     assert 1.9 < act8 / gib['off']['act'] < 2.1  # activations scale with the batch
 
 
+@pytest.mark.slow
 def test_profile_gives_top_ops_and_launches_per_step_in_json_and_markdown(tmp_path):
     out, md = tmp_path / 'p.json', tmp_path / 'p.md'
     proc = _run('--models', 'hornet_micro_7x7', '--device', 'cpu', '--batch_size', '2', '--input_size', '32',

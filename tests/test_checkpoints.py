@@ -14,7 +14,6 @@ import torch
 from checkpoints import (PREEMPT_NAME, find_resume_checkpoint, is_finite_state, load_training_checkpoint,
                          prune_checkpoints, rng_state, save_atomic, save_training_checkpoint, set_rng_state)
 from errors import UserError
-from models import CheckpointError
 from models.hornet import HorNet
 
 
@@ -177,31 +176,6 @@ def test_original_training_checkpoint_with_namespace_args_loads(tmp_path):
     torch.save(model.state_dict(), tmp_path / 'weights.pth')  # bare weights
     bare = load_training_checkpoint(tmp_path / 'weights.pth')
     assert set(bare) == {'model'} and set(bare['model']) == set(model.state_dict())
-
-
-class Payload:
-    """Unpickling this would create a file: the classic pickle code-execution attack, harmless in tmp_path."""
-
-    def __init__(self, target: Path):
-        self.target = target
-
-    def __reduce__(self):
-        return open, (str(self.target), 'w')
-
-
-def test_malicious_pickle_is_refused_and_payload_never_runs(tmp_path):
-    marker = tmp_path / 'pwned'
-    path = tmp_path / 'checkpoint-7.pth'
-    torch.save({'model': {'w': torch.zeros(1)}, 'optimizer': {}, 'epoch': 7, 'args': Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match='refusing to load'):
-        load_training_checkpoint(path)
-    assert not marker.exists()
-    assert find_resume_checkpoint(tmp_path) is None  # skipped, not executed
-    prune_checkpoints(tmp_path, keep=1)
-    assert not marker.exists()
-    # the payload is live: an unsafe load would have run it
-    torch.load(path, weights_only=False)
-    assert marker.exists()
 
 
 def test_rng_state_roundtrip_reproduces_random_draws(tmp_path):

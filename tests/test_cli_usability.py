@@ -36,16 +36,6 @@ def _quiet(**overrides):
     return dict(dict(aa='none', reprob=0, mixup=0, cutmix=0, smoothing=0, warmup_epochs=0), **overrides)
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_log_handlers():
-    """An in-process run leaves its stderr handler on the root logger, pointing at that test's captured (then
-    closed) stderr; remove it after each test."""
-    yield
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, '_hornet', False)]:
-        root.removeHandler(h)
-
-
 def _error(argv, capsys) -> str:
     code = main_mod.cli(argv)
     err = capsys.readouterr().err.strip()
@@ -130,12 +120,46 @@ def _training_checkpoint(path: pathlib.Path, model_name: str, epoch: int = 0, nu
         'global_step': 12 * (epoch + 1), 'step_in_epoch': 0, 'epoch_complete': True})
 
 
-def test_checkpoint_of_another_variant_names_the_variant_it_records(tmp_path, capsys, data):
+def _cheap_model(name: str) -> torch.nn.Module:
+    """A registered variant with uninitialised weights (only its keys and shapes matter here)."""
+    import timm
+    import models  # noqa: F401
+    with torch.device('meta'):
+        model = timm.create_model(name)
+    return model.to_empty(device='cpu')
+
+
+def test_checkpoint_of_another_variant_is_a_one_line_error_naming_what_it_is(tmp_path, capsys, data):
+    """The loader names the mismatched keys and the released variant the weights look like; main.py --eval --resume
+    of another model's weights says they do not fit, of a training checkpoint names the --model its args record,
+    and of a truncated file says so."""
+    from models.weights import CheckpointError, load_pretrained_file
+    tiny = tmp_path / 'tiny.pth'
+    torch.save({'model': _cheap_model('hornet_tiny_7x7').state_dict()}, tiny)
+    with pytest.raises(CheckpointError) as e:
+        load_pretrained_file(_cheap_model('hornet_tiny_gf'), str(tiny))
+    msg = str(e.value)
+    assert 'missing' in msg and 'complex_weight' in msg and 'looks like hornet_tiny_7x7' in msg
+    assert '\n' not in msg
+    with pytest.raises(CheckpointError, match='shape mismatch.*looks like hornet_tiny_7x7'):
+        load_pretrained_file(_cheap_model('hornet_small_7x7'), str(tiny))
+
+    from models.hornet import HorNet
+    other = tmp_path / 'other.pth'
+    torch.save({'model': HorNet(num_classes=4, depths=(1, 1, 1, 1), base_dim=8).state_dict()}, other)
+    err = _error(base_args(data, None, eval='true', resume=str(other)), capsys)
+    assert 'does not fit this model' in err and 'shape mismatch' in err
+
     ck = tmp_path / 'checkpoint-0.pth'
     _training_checkpoint(ck, 'hornet_micro_gf')
     err = _error(base_args(data, None, eval='true', resume=str(ck)), capsys)
     assert 'hornet_micro_gf (the --model its args record), not hornet_micro_7x7' in err
     assert 'add --model hornet_micro_gf' in err
+
+    trunc = tmp_path / 'trunc.pth'
+    trunc.write_bytes(other.read_bytes()[:3000])
+    err = _error(base_args(data, None, eval='true', resume=str(trunc)), capsys)
+    assert 'truncated' in err and str(trunc) in err
 
 
 def test_resume_given_a_directory_means_its_newest_checkpoint(tmp_path, capsys, data):
@@ -163,15 +187,11 @@ def test_resume_given_a_directory_means_its_newest_checkpoint(tmp_path, capsys, 
 
 # ------------------------------------------------------------------------------------------------ runs
 
-@pytest.fixture(scope='module')
-def finished_run(tmp_path_factory, data):
-    """One epoch, with the recipe batch set to twice the run's effective batch (4)."""
-    out = tmp_path_factory.mktemp('run')
-    argv = base_args(data, out, epochs=1, print_freq=5, recipe_batch_size=8, **_quiet())
-    proc = subprocess.run([sys.executable, str(REPO / 'main.py')] + argv, capture_output=True, text=True,
-                          env=env(), cwd=str(REPO), timeout=300, preexec_fn=lambda: os.umask(0o022))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, argv, proc
+@pytest.fixture
+def finished_run(trained_run):
+    """The session's one-epoch run (tests/conftest.py), its recipe batch twice its effective batch (4), run under
+    umask 022."""
+    return trained_run.out, trained_run.argv(), trained_run.proc
 
 
 def test_log_output_is_clean(finished_run):
@@ -221,6 +241,7 @@ def test_checkpoints_follow_the_umask(finished_run, tmp_path):
     assert stat.S_IMODE((tmp_path / 'a.pth').stat().st_mode) == 0o664
 
 
+@pytest.mark.slow
 def test_relaunching_a_finished_run_says_it_is_complete(finished_run):
     out, argv, _ = finished_run
     events = sorted((out / 'tb').iterdir())
@@ -232,15 +253,17 @@ def test_relaunching_a_finished_run_says_it_is_complete(finished_run):
     assert sorted((out / 'tb').iterdir()) == events  # no empty event file per relaunch
 
 
-def test_resume_from_a_run_directory_continues_it(finished_run, tmp_path, data):
-    out, _, _ = finished_run
-    argv = base_args(data, tmp_path / 'more', epochs=2, resume=str(out), disable_eval='true', **_quiet())
+@pytest.mark.slow
+def test_resume_from_a_run_directory_continues_it(trained_run, tmp_path):
+    out = trained_run.out
+    argv = trained_run.argv(tmp_path / 'more', epochs=2, resume=str(out), disable_eval='true')
     proc = run_main(argv)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f'Resumed weights from {out / "checkpoint-0.pth"}' in proc.stderr
     assert 'Resuming at epoch 1' in proc.stderr and (tmp_path / 'more' / 'checkpoint-1.pth').is_file()
 
 
+@pytest.mark.slow
 def test_ctrl_c_is_one_line_naming_the_checkpoint_and_exit_130(tmp_path, data):
     out = tmp_path / 'run'
     argv = base_args(data, out, epochs=20, num_workers=2, print_freq=1, disable_eval='true', **_quiet())
@@ -387,15 +410,15 @@ def _torchrun(nproc: int = 2):
     return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(port)]
 
 
-@pytest.mark.parametrize('name,channels_last', [('hornet_micro_7x7', False), ('hornet_micro_gf', True)])
-def test_ddp_runs_without_the_grad_strides_warning_and_print_once(tmp_path, data, name, channels_last):
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_ddp_runs_without_the_grad_strides_warning_and_print_once(tmp_path, data):
+    """Global Filter model, channels-last. (The 7x7 model in the default layout, and --eval under torchrun printing
+    its result once: tests/test_distributed.py's runs.)"""
+    name, channels_last = 'hornet_micro_gf', True
     out = tmp_path / 'ddp'
     argv = base_args(data, out, epochs=1, model=name, channels_last=str(channels_last).lower(), **_quiet())
     proc = run_main(argv, launcher=_torchrun(2), timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert 'Grad strides do not match bucket view strides' not in proc.stderr, proc.stderr[-4000:]
     assert proc.stderr.count('val dataset') == 1 and proc.stderr.count('* Acc@1') == 1
-    ev = run_main(base_args(data, tmp_path / 'eval', model=name, eval='true', resume=str(out / 'checkpoint-0.pth')),
-                  launcher=_torchrun(2), timeout=400)
-    assert ev.returncode == 0, ev.stderr[-4000:]
-    assert ev.stdout.count('* Acc@1') == 1 and '* Acc@1' not in ev.stderr

@@ -261,7 +261,7 @@ def test_loader_resources_are_logged_per_rank(caplog):
                for r in caplog.records)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device (the side-stream prefetch path)')
+@pytest.mark.gpu  # (the side-stream prefetch path)
 def test_cuda_prefetching_device_loader_yields_the_cpu_result_in_order():
     args = _args(reprob=0.5)
     eraser = T.ErasingParams(0.5, 'pixel')

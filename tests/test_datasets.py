@@ -307,6 +307,7 @@ def test_corrupt_image_error_names_file(tmp_path: Any, num_workers: int) -> None
     assert 'Traceback' not in message
 
 
+@pytest.mark.slow
 def test_corrupt_image_is_skipped_deterministically_when_asked(tmp_path: Any, caplog: Any) -> None:
     root, not_image, truncated = _with_bad_files(tmp_path)
     args = make_args(data_path=root, eval_data_path=root, skip_bad_images=True)

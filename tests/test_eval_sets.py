@@ -442,6 +442,8 @@ def _numbers(r: Dict[str, Any]) -> tuple:
     return r['name'], r['images'], r['left_out'], r['acc1'], r['acc5']
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_three_processes_give_the_single_process_numbers(tmp_path, manifest, all_results):
     path = tmp_path / 'manifest.json'
     path.write_text(json.dumps(manifest))

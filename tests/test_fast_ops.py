@@ -118,9 +118,10 @@ def _model_where_every_branch_matters(name: str, **kwargs) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize('name, res', [('hornet_tiny_gf', 224), ('hornet_micro_gf', 384)])
+@pytest.mark.parametrize('name, res', [('hornet_micro_gf', 224), ('hornet_micro_gf', 384)])
 def test_whole_model_logits_are_equal_with_every_gf_impl(name, res):
-    kwargs = dict(gf_sizes=GF_384) if res == 384 else {}  # the 384 filters (24x13, 12x7) on a cheap net
+    """The 224 filters (14x8, 7x4) and the 384 ones (24x13, 12x7) on the cheapest Global Filter net."""
+    kwargs = dict(gf_sizes=GF_384) if res == 384 else {}
     model = _model_where_every_branch_matters(name, **kwargs).eval()
     x = torch.randn(2, 3, res, res)
     logits = {}
@@ -191,6 +192,7 @@ def test_kron_matrix_cache_survives_inference_mode_and_fake_tensors():
     assert len(gf_mod._KRON_CACHE) == n
 
 
+@pytest.mark.slow
 def test_kron_training_forward_is_one_torch_compile_graph():
     model = timm.create_model('hornet_micro_gf', drop_path_rate=0.1, gf_impl='kron').train()
     explained = torch._dynamo.explain(model)(torch.randn(2, 3, 64, 64))
@@ -309,6 +311,7 @@ def test_fused_gating_in_a_whole_model_with_and_without_selective_checkpointing(
         torch.testing.assert_close(model(x), ref_out)
 
 
+@pytest.mark.slow
 def test_fused_gating_training_forward_is_one_torch_compile_graph():
     model = timm.create_model('hornet_micro_7x7', drop_path_rate=0.1).train()
     fast_ops.enable(model, fused_gating=True)
@@ -318,9 +321,13 @@ def test_fused_gating_training_forward_is_one_torch_compile_graph():
 
 
 # ------------------------------------------------------------------------------------------ Triton kernels
-def _run_triton_check(name: str, device: str = 'cpu') -> None:
-    """tests/triton_checks.py NAME in a fresh process: on CPU with TRITON_INTERPRET=1 (set before triton loads),
-    on CUDA with the compiled kernels."""
+TRITON_CHECKS = ('dwconv_fp32', 'dwconv_bf16', 'dwconv_autocast', 'gnconv')
+
+
+def _run_triton_checks(names, device: str = 'cpu') -> None:
+    """tests/triton_checks.py NAME... in ONE fresh process (importing torch and triton is most of a check's time):
+    on CPU with TRITON_INTERPRET=1 (set before triton loads), on CUDA with the compiled kernels. A failure's
+    traceback names the check."""
     import os
     import subprocess
     import sys
@@ -330,28 +337,29 @@ def _run_triton_check(name: str, device: str = 'cpu') -> None:
         env['TRITON_INTERPRET'] = '1'
     else:
         env.pop('TRITON_INTERPRET', None)
-    proc = subprocess.run([sys.executable, '-W', 'ignore', '-m', 'tests.triton_checks', name], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, '-W', 'ignore', '-m', 'tests.triton_checks', *names], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
     if proc.returncode == 77:
         pytest.skip(proc.stdout.strip() or 'triton cannot be imported')
-    assert proc.returncode == 0, f'{name} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}'
+    assert proc.returncode == 0, f'{" ".join(names)} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}'
     print(proc.stdout)
 
 
-@pytest.mark.parametrize('check', ['dwconv_fp32', 'dwconv_bf16', 'dwconv_autocast', 'gnconv'])
-def test_triton_depthwise_kernels_under_the_interpreter(check):
+@pytest.mark.slow
+def test_triton_depthwise_kernels_under_the_interpreter():
     """Forward, input and weight/bias gradients of the Triton depthwise conv (+ first gating multiply) against
-    torch: fp32 to summation order, bf16 no further from float64 than torch's bf16 conv; the GnConv hookup too."""
-    _run_triton_check(check)
+    torch: fp32 to summation order (dwconv_fp32), bf16 no further from float64 than torch's bf16 conv (dwconv_bf16),
+    bf16 output under autocast (dwconv_autocast); the GnConv hookup too (gnconv)."""
+    _run_triton_checks(TRITON_CHECKS)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU (the CPU run is the interpreter test)')
-@pytest.mark.parametrize('check', ['dwconv_fp32', 'dwconv_bf16', 'dwconv_autocast', 'gnconv'])
-def test_triton_depthwise_kernels_compiled_on_cuda(check):
-    _run_triton_check(check, 'cuda')
+@pytest.mark.gpu
+def test_triton_depthwise_kernels_compiled_on_cuda():
+    """The same checks with the compiled kernels (the CPU run is the interpreter test)."""
+    _run_triton_checks(TRITON_CHECKS, 'cuda')
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.gpu
 @pytest.mark.parametrize('hw, filt', GF_SIZES)
 def test_global_filter_kron_equals_cufft_on_cuda(hw, filt):
     """On a GPU the reference is cuFFT: the same check as on CPU (fp32, no TF32 in the GEMMs)."""

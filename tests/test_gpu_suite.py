@@ -120,6 +120,7 @@ def test_dry_run_fits_the_eight_minute_budget_in_the_worst_case(tmp_path, origin
         assert flag in levers
 
 
+@pytest.mark.slow
 def test_environment_check_step_passes_here(tmp_path):
     """--check runs the suite's step 0 for real: imports, the model names, the gf_impl choices, the lever flags and
     whether the Triton kernel can run (in smoke mode on the CPU: under TRITON_INTERPRET=1)."""

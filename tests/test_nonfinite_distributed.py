@@ -5,6 +5,7 @@ import json
 import os
 import socket
 
+import pytest
 import torch
 
 
@@ -52,6 +53,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     utils.cleanup_distributed()
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_non_finite_loss_on_one_rank_stops_all_ranks_together_naming_rank_and_step(tmp_path):
     import torch.multiprocessing as mp
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, )

@@ -354,7 +354,8 @@ def _acc_line(stdout: str) -> str:
     return lines[0]
 
 
-def test_main_eval_resume_url(server, cache, data4, tmp_path):
+@pytest.mark.slow
+def test_main_eval_resume_url(server, cache, data4, tmp_path, capsys):
     """``main.py --eval true --resume <URL>``: the file is downloaded once into the cache and evaluated (strict
     load; eval.json names the URL and the sha256 of the served bytes); offline it is a one-line error."""
     torch.manual_seed(0)
@@ -369,14 +370,18 @@ def test_main_eval_resume_url(server, cache, data4, tmp_path):
     assert server.requests == {'/run1/checkpoint-best.pth': 1}  # --eval reads the file twice, downloads it once
     assert [p.read_bytes() for p in cache.iterdir()] == [data]
 
-    # offline: a one-line error naming the URL and how to pass a downloaded file
+    # offline: a one-line error naming the URL and how to pass a downloaded file (main.py's cli in this process)
+    import main as main_mod
     dead = f'http://127.0.0.1:{free_port()}/ckpt.pth'
-    proc = run_main(base_args(data4, tmp_path / 'c', resume=dead, **args))
-    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
-    err = [ln for ln in proc.stderr.splitlines() if ln.startswith('error:')]
-    assert len(err) == 1 and dead in err[0] and '--resume /path/to/file.pth' in err[0], proc.stderr
+    capsys.readouterr()
+    assert main_mod.cli(base_args(data4, tmp_path / 'c', resume=dead, **args)) != 0
+    stderr = capsys.readouterr().err
+    assert 'Traceback' not in stderr
+    err = [ln for ln in stderr.splitlines() if ln.startswith('error:')]
+    assert len(err) == 1 and dead in err[0] and '--resume /path/to/file.pth' in err[0], stderr
 
 
+@pytest.mark.slow
 def test_main_finetune_url_from_a_22k_model_keeps_the_1k_rows(server, cache, tmp_path):
     """``--finetune <22K file URL> --nb_classes 1000`` goes through select_in1k_head_rows (whose exact rows are
     tested above) and loads the 1000-row head strictly instead of starting a new one."""

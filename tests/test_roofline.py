@@ -157,6 +157,7 @@ def test_measured_rows_come_from_benchmark_json(tmp_path):
                                                          'n': {'train': 10.0}}
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_markdown_with_measured_over_bound(tmp_path):
     out, md = tmp_path / 'r.json', tmp_path / 'r.md'
     proc = subprocess.run([sys.executable, SCRIPT, '--models',

@@ -1,7 +1,8 @@
 """A real SLURM cluster (2 emulated nodes on this machine) driven through submitit.
 
 The cluster comes from the session fixture ``tests.slurm_fixture.slurm_cluster`` (skips when not root,
-without apt-get, or without network for the first install). Each test takes well under a minute.
+without apt-get, or without network for the first install). Each test takes well under a minute. A cancelled job:
+tests/test_submitit_training.py (a real training job).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import pytest
 
 from tests import slurm_jobs
 from tests.slurm_fixture import make_executor, wait_until  # slurm_cluster comes from conftest.py
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
 def _state(job) -> str:
@@ -34,6 +37,7 @@ def _wait_done(cluster, job, timeout: float):
         raise AssertionError(f"{err}{_details(cluster, job)}") from None
 
 
+@pytest.mark.distributed
 def test_two_node_job_gets_two_ranks_on_two_nodes(slurm_cluster, tmp_path):
     executor = make_executor(tmp_path, nodes=2, tasks_per_node=1, cpus_per_task=1, timeout_min=30)
     job = executor.submit(slurm_jobs.allreduce_rank_plus_one)
@@ -47,18 +51,6 @@ def test_two_node_job_gets_two_ranks_on_two_nodes(slurm_cluster, tmp_path):
     assert len({r[2] for r in results}) == 2, results
     assert set(r[2] for r in results) <= set(slurm_cluster.nodes)
     assert {r[3] for r in results} == {3.0}
-
-
-def test_cancelled_job_is_reported_cancelled(slurm_cluster, tmp_path):
-    executor = make_executor(tmp_path, nodes=1, tasks_per_node=1)
-    job = executor.submit(slurm_jobs.sleep_for, 300)
-    wait_until(lambda: _state(job) == "RUNNING", 30, f"job {job.job_id} to run")
-    job.cancel(check=True)
-    state = wait_until(lambda: _state(job).startswith("CANCELLED") and _state(job), 30,
-                       f"job {job.job_id} to be reported CANCELLED")
-    assert state.split()[0] == "CANCELLED", state  # sacct says e.g. "CANCELLED by 0"
-    wait_until(lambda: job.done(), 10, "job.done() after cancel")
-    assert not job.paths.result_pickle.exists()
 
 
 def test_requeue_signal_reaches_job_and_job_reruns(slurm_cluster, tmp_path):

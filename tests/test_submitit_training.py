@@ -98,6 +98,9 @@ def reference_job(slurm_cluster, tmp_path_factory, data):
     return rws.submit(args), args
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_node_training_job_completes_and_writes_final_checkpoint(slurm_cluster, reference_job):
     job, args = reference_job
     results = _wait_done(slurm_cluster, job, 120)
@@ -114,6 +117,9 @@ def test_two_node_training_job_completes_and_writes_final_checkpoint(slurm_clust
     wait_until(lambda: _state(job) == 'COMPLETED', 20, f'job {job.job_id} to be reported COMPLETED')
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize('how', ['usr2', 'requeue'])
 def test_interrupted_job_saves_requeues_resumes_and_matches_uninterrupted_run(slurm_cluster, reference_job,
                                                                               tmp_path, data, how):
@@ -147,6 +153,9 @@ def test_interrupted_job_saves_requeues_resumes_and_matches_uninterrupted_run(sl
         assert torch.equal(got[k], ref[k]), f'{k} differs from the uninterrupted run'
 
 
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_cancelled_job_is_reported_cancelled_and_not_requeued(slurm_cluster, tmp_path, data):
     args = rws.parse_args(_flags(data, tmp_path / 'job', epochs=20))
     out = pathlib.Path(args.output_dir)
@@ -161,7 +170,7 @@ def test_cancelled_job_is_reported_cancelled_and_not_requeued(slurm_cluster, tmp
     wait_until(lambda: 'not requeued by this job' in _read(out0), 30, 'rank 0 to stop after SIGTERM')
     assert (out / 'checkpoint-preempt.pth').exists()
     wait_until(lambda: job.done(), 10, 'job.done() after cancel')
-    assert not list(job.paths.folder.glob('*_result.pkl'))
+    assert not job.paths.result_pickle.exists() and not list(job.paths.folder.glob('*_result.pkl'))
     assert _sacct_states(slurm_cluster, job) == ['CANCELLED']
 
 

@@ -3,14 +3,15 @@
 timm's suite (``pytest --forked tests/test_models.py -k hornet`` with a conftest that imports ``models``) builds
 every variant at full size and takes many minutes on a CPU; this file checks the same properties quickly:
 
-* default cfgs (every tag): ``pool_size`` is the feature map at ``input_size``, ``num_features`` /
-  ``head_hidden_size`` match the features, the classifier and first conv named in the cfg exist, and
-  ``reset_classifier(0)`` / ``reset_classifier(0, '')`` / ``num_classes=0, global_pool=''`` give the shapes timm
+* default cfgs (every tag): crop, interpolation, mean, ``pool_size`` is the feature map at ``input_size``,
+  ``num_features`` / ``head_hidden_size`` match the features, the classifier and first conv named in the cfg exist,
+  and ``reset_classifier(n)`` / ``reset_classifier(0, '')`` / ``num_classes=0, global_pool=''`` give the shapes timm
   expects. Built on the meta device at full depth (shapes only, no weights).
-* forward (with and without grad checkpointing), backward (every parameter gets a gradient), TorchScript, torch.fx
-  forward and backward, FX-then-TorchScript, each output equal to eager. Every registered variant with its own
-  widths, gnConv orders and Global Filter sizes, but one block per stage (two for the isotropic models): the code
-  paths do not depend on the repeat count, and the full depth only multiplies the compile time.
+* forward (with and without grad checkpointing), backward (every parameter gets a gradient), ``features_only``,
+  TorchScript, torch.fx forward and backward, FX-then-TorchScript, each output equal to eager. Every registered
+  variant with its own widths, gnConv orders and Global Filter sizes, but one block per stage (two for the isotropic
+  models) and 32-64 px inputs: the code paths do not depend on the repeat count (the full depth is built above, on
+  the meta device), and the full depth only multiplies the run and compile time.
 * ``in_chans=1`` (and 4) pretrained loading adapts the first conv as timm's loader does; ``reset_classifier`` keeps
   the model's dtype and device; the isotropic model refuses what it does not support, as the hierarchical one does.
 """
@@ -31,6 +32,13 @@ pytestmark = pytest.mark.filterwarnings('ignore:`torch.jit.script` is deprecated
 
 VARIANTS = timm.list_models('hornet_*')
 TAGGED = timm.list_models('hornet_*', include_tags=True)
+QUICK = ('hornet_micro_7x7', 'hornet_micro_gf', 'hornet_isotropic_small_gf')  # the -m "not slow" tier's variants
+
+
+def _every(names) -> list:
+    """Every variant; the ones outside QUICK are marked slow (each takes a second or two, all of them most of the
+    file), so the quick tier still runs each test on a hierarchical 7x7, a Global Filter and an isotropic model."""
+    return [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow) for n in names]
 
 
 def test_every_variant_is_covered():
@@ -66,48 +74,102 @@ def _input(name: str, batch: int = 1) -> torch.Tensor:
 
 # ---------------------------------------------------------------- default cfgs (timm: test_model_default_cfgs)
 
-@pytest.mark.parametrize('name', TAGGED)
+def _tags_by_variant() -> dict:
+    tags: dict = {}
+    for tag in TAGGED:
+        tags.setdefault(tag.split('.')[0], []).append(tag)
+    return tags
+
+
+@pytest.mark.parametrize('name', _every(sorted(_tags_by_variant())))
 def test_default_cfg_is_consistent_with_the_model(name):
-    model = _meta(name)
-    cfg = model.pretrained_cfg
-    assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
-    x = torch.empty(1, *cfg['input_size'], device='meta')
-    feats = model.forward_features(x)
-    assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size']), f'features {tuple(feats.shape)} vs {cfg["pool_size"]}'
-    assert feats.shape[1] == model.num_features
-    assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
-    assert model.forward_head(feats).shape == (1, cfg['num_classes'])  # forward() is forward_head(forward_features)
+    """Every tag of the variant; the tags of one variant that share class count and input size (e.g. ``.in1k`` and
+    ``.mmpretrain_in1k``) share the shape checks, which only depend on those two."""
+    checked = set()
+    for tag in _tags_by_variant()[name]:
+        model = _meta(tag)
+        cfg = model.pretrained_cfg
+        assert cfg['crop_pct'] == (1.0 if cfg['input_size'][1] == 384 else 0.875) and cfg['interpolation'] == 'bicubic'
+        assert cfg['input_size'] == ((3, 384, 384) if 'img384' in tag else (3, 224, 224))
+        assert cfg['mean'] == (0.485, 0.456, 0.406) and cfg['classifier'] == 'head'
+        assert cfg['first_conv'] == ('stem.0' if 'isotropic' in tag else 'downsample_layers.0.0')
+        assert cfg['first_conv'] == model.first_conv and model.get_classifier() is model.head
+        assert model.num_classes == cfg['num_classes'] and model.num_features > 0 and model.head_hidden_size > 0
+        sd = model.state_dict()
+        head, stem = sd.get(cfg['classifier'] + '.weight'), sd.get(cfg['first_conv'] + '.weight')
+        assert head is not None and head.shape[0] == cfg['num_classes']
+        assert stem is not None and stem.shape[1] == cfg['input_size'][0]
+        key = (cfg['num_classes'], tuple(cfg['input_size']))
+        if key in checked:
+            continue
+        checked.add(key)
+        x = torch.empty(1, *cfg['input_size'], device='meta')
+        feats = model.forward_features(x)
+        assert tuple(feats.shape[-2:]) == tuple(cfg['pool_size']), f'{tuple(feats.shape)} vs {cfg["pool_size"]}'
+        assert feats.shape[1] == model.num_features
+        assert model.forward_head(feats, pre_logits=True).shape == (1, model.head_hidden_size)
+        assert model.forward_head(feats).shape == (1, cfg['num_classes'])  # forward() is forward_head(forward_features)
+        assert model(x).shape == (1, cfg['num_classes'])
 
-    sd = model.state_dict()
-    assert cfg['classifier'] + '.weight' in sd and sd[cfg['classifier'] + '.weight'].shape[0] == cfg['num_classes']
-    assert cfg['first_conv'] + '.weight' in sd and sd[cfg['first_conv'] + '.weight'].shape[1] == cfg['input_size'][0]
-    assert cfg['first_conv'] == model.first_conv
-
-    model.reset_classifier(0)
-    assert model.num_classes == 0 and model.forward_head(feats).shape == (1, model.head_hidden_size)
-    model.reset_classifier(0, '')
-    assert model.forward_head(feats).shape == (1, model.num_features, *cfg['pool_size'])
-    unpooled = _meta(name, num_classes=0, global_pool='')
-    assert unpooled.forward_head(feats).shape == (1, unpooled.num_features, *cfg['pool_size'])
+        model.reset_classifier(5)
+        assert model.get_classifier() is model.head and model(x).shape == (1, 5)
+        model.reset_classifier(0)
+        assert model.num_classes == 0 and model.forward_head(feats).shape == (1, model.head_hidden_size)
+        model.reset_classifier(0, '')
+        assert model.forward_head(feats).shape == (1, model.num_features, *cfg['pool_size'])
+        unpooled = _meta(tag, num_classes=0, global_pool='')
+        assert unpooled.forward_head(feats).shape == (1, unpooled.num_features, *cfg['pool_size'])
+        assert unpooled(x).shape == (1, unpooled.num_features, *cfg['pool_size'])
 
 
 # ------------------------------------------ forward / backward (timm: test_model_forward, test_model_backward)
 
-# (tests/test_models.py runs every variant at full depth forward and backward; here the micro and isotropic ones)
-@pytest.mark.parametrize('name', ['hornet_micro_7x7', 'hornet_micro_gf', 'hornet_isotropic_small_7x7',
-                                  'hornet_isotropic_small_gf'])
-def test_forward_is_unchanged_by_grad_checkpointing_and_backward_reaches_every_parameter(name):
+@pytest.mark.parametrize('name', _every(VARIANTS))
+def test_every_variant_runs_forward_and_backward_unchanged_by_grad_checkpointing(name):
+    """Features, head and pre-logits shapes; grad checkpointing changes neither the output nor any gradient; the
+    backward reaches every parameter. Checkpointing is compared at batch 2 on the small variants (micro and
+    isotropic; the code path is the same in every variant), at batch 1 without gradients on the others."""
     model = _shallow(name)
     x = _input(name)
     with torch.no_grad():
-        out = model(x)
+        feats = model.forward_features(x)
+        assert feats.ndim == 4 and feats.shape[1] == model.num_features
+        out = model.forward_head(feats)
         assert out.shape == (1, 7) and torch.isfinite(out).all()
+        assert torch.equal(model(x), out)
+        assert model.forward_head(feats, pre_logits=True).shape == (1, model.num_features)
         model.set_grad_checkpointing(True)
         torch.testing.assert_close(model(x), out, rtol=1e-4, atol=1e-5)
     model.train()
-    model(_input(name, batch=2)).mean().backward()
+    xb = _input(name, batch=2)
+    model(xb).mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
+    if name.startswith(('hornet_micro', 'hornet_isotropic')):
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        model.zero_grad()
+        model.set_grad_checkpointing(False)
+        model(xb).mean().backward()
+        for n, p in model.named_parameters():
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-5, atol=1e-6, msg=lambda m, n=n: f'{n}: {m}')
+
+
+@pytest.mark.parametrize('name', ['hornet_tiny_7x7', 'hornet_tiny_gf', 'hornet_isotropic_small_7x7'])
+def test_features_only_gives_expected_strides(name):
+    """timm's features_only wrapper (shapes only: cheap weights, no gradients)."""
+    with torch.device('meta'):
+        model = timm.create_model(name, features_only=True)
+    model.to_empty(device='cpu')
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-0.1, 0.1, generator=gen)
+        feats = model(torch.randn(1, 3, 64, 64))
+    reductions = model.feature_info.reduction()
+    assert [64 // f.shape[-1] for f in feats] == reductions
+    assert [f.shape[1] for f in feats] == model.feature_info.channels()
+    if 'isotropic' not in name:
+        assert reductions == [4, 8, 16, 32]
 
 
 @pytest.mark.parametrize('name', ['hornet_micro_gf', 'hornet_isotropic_small_gf'])
@@ -130,7 +192,7 @@ def test_forward_intermediates_honours_grad_checkpointing(name):
 
 # ---------------------------------------------------------------- TorchScript (timm: test_model_forward_torchscript)
 
-@pytest.mark.parametrize('name', VARIANTS)
+@pytest.mark.parametrize('name', _every(VARIANTS))
 def test_torchscript_output_equals_eager(name):
     model = _shallow(name)
     with set_scriptable(True):
@@ -175,7 +237,7 @@ def _fx_out(fx_model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return torch.cat(tuple(fx_model(x).values()))
 
 
-@pytest.mark.parametrize('name', VARIANTS)
+@pytest.mark.parametrize('name', _every(VARIANTS))
 def test_fx_forward_backward_and_fx_then_torchscript_equal_eager(name):
     model = _shallow(name, train=True)
     fx_model = _fx_model(model, train=True)  # holds the train and the eval graph; .eval()/.train() switch them

@@ -1,8 +1,9 @@
 """Tests of the user-facing tools: scripts/predict.py, scripts/export.py and scripts/plot_log.py.
 
 The command-line paths run the scripts in a subprocess (as a user would) on real files written to tmp_path;
-checkpoints are real hornet_tiny variants saved in the original release's format ({'model': sd}), evaluated at
-64x64 to stay fast on CPU. ONNX files are re-checked here with onnxruntime, independently of the script.
+checkpoints are real hornet_micro variants (the tiny ones' blocks at a fraction of the size) saved in the original
+release's format ({'model': sd}), evaluated at 64x64 to stay fast on CPU, and the session's main.py checkpoint
+(tests/conftest.py). ONNX files are re-checked here with onnxruntime, independently of the script.
 """
 from __future__ import annotations
 
@@ -49,6 +50,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> s
     return lines[0]
 
 
+def run_in_process(name: str, capsys, *args: str) -> subprocess.CompletedProcess:
+    """``scripts/<name> args...`` through its main() in this process (no interpreter start-up), for a further error
+    case of a script that the test has run as a subprocess: stdout/stderr as printed (log records not included)."""
+    capsys.readouterr()
+    try:
+        code = load_script(name[:-3]).main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([name, *args], code, out.out, out.err)
+
+
 def load_script(name: str):
     """Import scripts/<name>.py as a module (for the in-process checks)."""
     spec = importlib.util.spec_from_file_location(f'_tool_{name}', REPO / 'scripts' / f'{name}.py')
@@ -82,23 +95,24 @@ _MODELS: Dict[Path, torch.nn.Module] = {}  # checkpoint path -> the model saved 
 
 
 @pytest.fixture(scope='module')
-def tiny_7x7_ckpt(ckpt_dir) -> Iterator[Path]:
-    """hornet_tiny_7x7 in the original release's layout, with a head biased towards 'golden retriever'."""
-    model = trained_like('hornet_tiny_7x7')
+def micro_7x7_ckpt(ckpt_dir) -> Iterator[Path]:
+    """hornet_micro_7x7 (1000 classes) in the original release's layout, with a head biased towards
+    'golden retriever'."""
+    model = trained_like('hornet_micro_7x7')
     with torch.no_grad():
         model.head.bias[GOLDEN_RETRIEVER] += 10.0
-    path = ckpt_dir / 'hornet_tiny_7x7.pth'
+    path = ckpt_dir / 'hornet_micro_7x7.pth'
     torch.save({'model': model.state_dict(), 'epoch': 299}, path)
     _MODELS[path] = model
     yield path
-    path.unlink()  # ~90 MB each: do not leave them in pytest's kept temp folders
+    path.unlink()
     del _MODELS[path]
 
 
 @pytest.fixture(scope='module')
-def tiny_gf_ckpt(ckpt_dir) -> Iterator[Path]:
-    path = ckpt_dir / 'hornet_tiny_gf.pth'
-    model = trained_like('hornet_tiny_gf', seed=1)
+def micro_gf_ckpt(ckpt_dir) -> Iterator[Path]:
+    path = ckpt_dir / 'hornet_micro_gf.pth'
+    model = trained_like('hornet_micro_gf', seed=1)
     torch.save({'model': model.state_dict()}, path)
     _MODELS[path] = model
     yield path
@@ -124,10 +138,11 @@ def images(tmp_path) -> Dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------------- predict
 
-def test_predict_prints_imagenet_top5(tmp_path, tiny_7x7_ckpt, images):
+@pytest.mark.slow
+def test_predict_prints_imagenet_top5(tmp_path, micro_7x7_ckpt, images):
     from timm.data import ImageNetInfo
     out = tmp_path / 'preds.json'
-    proc = run_script('predict.py', '--model', 'hornet_tiny_7x7', '--checkpoint', tiny_7x7_ckpt, '--input_size',
+    proc = run_script('predict.py', '--model', 'hornet_micro_7x7', '--checkpoint', micro_7x7_ckpt, '--input_size',
                       SIZE, '--json', out, images['folder'], images['jpg'])
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip() == ''
@@ -149,9 +164,9 @@ def test_predict_prints_imagenet_top5(tmp_path, tiny_7x7_ckpt, images):
 
 def test_predict_other_head_uses_class_names(tmp_path, images, capsys):
     ckpt = tmp_path / 'three.pth'
-    torch.save({'model': timm.create_model('hornet_tiny_7x7', num_classes=3).state_dict()}, ckpt)
+    torch.save({'model': timm.create_model('hornet_micro_7x7', num_classes=3).state_dict()}, ckpt)
     predict = load_script('predict')
-    base = ['--checkpoint', str(ckpt), '--input_size', str(SIZE), str(images['png'])]
+    base = ['--model', 'hornet_micro_7x7', '--checkpoint', str(ckpt), '--input_size', str(SIZE), str(images['png'])]
     assert predict.main(base) == 0
     out = capsys.readouterr().out
     assert out.count('class ') == 3 and 'golden' not in out  # topk 5 clamped to the 3 classes, shown as indices
@@ -166,15 +181,16 @@ def test_predict_other_head_uses_class_names(tmp_path, images, capsys):
     ckpt.unlink()
 
 
-def test_predict_without_checkpoint_is_an_error(images):
+def test_predict_without_checkpoint_is_an_error(images, capsys):
     proc = run_script('predict.py', '--model', 'hornet_tiny_7x7', images['png'])
     assert_one_line_error(proc, '--checkpoint', '--allow_random')
-    proc = run_script('predict.py', '--checkpoint', 'no/such/file.pth', images['png'])
+    proc = run_in_process('predict.py', capsys, '--checkpoint', 'no/such/file.pth', images['png'])
     assert_one_line_error(proc, 'no/such/file.pth')
 
 
-def test_predict_corrupt_image_names_the_file(tiny_7x7_ckpt, images):
-    proc = run_script('predict.py', '--checkpoint', tiny_7x7_ckpt, '--input_size', SIZE, images['png'], images['bad'])
+def test_predict_corrupt_image_names_the_file(micro_7x7_ckpt, images):
+    proc = run_script('predict.py', '--model', 'hornet_micro_7x7', '--checkpoint', micro_7x7_ckpt, '--input_size', SIZE,
+                      images['png'], images['bad'])
     assert_one_line_error(proc, str(images['bad']), '--skip_bad')
 
 
@@ -184,46 +200,39 @@ QS_SIZE = 32  # the resolution the quick-start-style checkpoint is trained at (n
 
 
 @pytest.fixture(scope='module')
-def quickstart_run(tmp_path_factory):
-    """A quick-start-style data set (4 shape classes: label order circle, cross, square, triangle differs from the
-    generation order circle, square, triangle, cross), a main.py checkpoint trained on it at 32 px, and its
-    ``--eval`` result. The head is then replaced by a random, large one, so that predictions spread over all
-    classes (one epoch does not learn the shapes) and a wrong class order cannot go unnoticed."""
-    import quickstart
+def quickstart_run(tmp_path_factory, trained_run):
+    """The session's main.py run (tests/conftest.py: a quick-start data set of 4 shape classes, whose label order
+    circle, cross, square, triangle differs from the generation order circle, square, triangle, cross; one epoch at
+    32 px), a copy of its checkpoint and that copy's ``--eval`` result. The copy's head is replaced by a random, large
+    one, so that predictions spread over all classes (one epoch does not learn the shapes) and a wrong class order
+    cannot go unnoticed."""
     from tests.train_helpers import run_main
     root = tmp_path_factory.mktemp('quickstart')
-    data = Path(quickstart.make_quickstart_dataset(str(root / 'data'), num_classes=4, train_per_class=8,
-                                                   val_per_class=10, image_size=48))
-    out = root / 'out'
-    train = ['--model', 'hornet_micro_7x7', '--data_set', 'QUICKSTART', '--data_path', str(data), '--input_size',
-             str(QS_SIZE), '--device', 'cpu', '--epochs', '1', '--batch_size', '8', '--num_workers', '0',
-             '--aa', 'none', '--reprob', '0', '--mixup', '0', '--cutmix', '0', '--smoothing', '0', '--drop_path', '0',
-             '--pin_mem', 'false', '--print_freq', '1000', '--warmup_epochs', '0']
-    proc = run_main(train + ['--output_dir', str(out)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = out / 'checkpoint-0.pth'
-    raw = torch.load(ckpt, map_location='cpu', weights_only=True)
+    data = trained_run.data
+    ckpt = root / 'checkpoint-0.pth'
+    raw = torch.load(trained_run.checkpoint, map_location='cpu', weights_only=True)
     assert raw['args']['input_size'] == QS_SIZE and raw['args']['model'] == 'hornet_micro_7x7'
     g = torch.Generator().manual_seed(0)
     raw['model']['head.weight'] = torch.randn(raw['model']['head.weight'].shape, generator=g) * 3.0
     raw['model']['head.bias'] = torch.zeros_like(raw['model']['head.bias'])
     torch.save(raw, ckpt)
-    proc = run_main(train + ['--eval', 'true', '--resume', str(ckpt), '--output_dir', str(root / 'eval')])
+    proc = run_main(trained_run.argv(root / 'eval', eval='true', resume=str(ckpt)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((root / 'eval' / 'eval.json').read_text())
     return data, ckpt, result
 
 
-def test_quickstart_class_names_are_written_in_label_order(quickstart_run):
+def test_quickstart_class_names_are_written_in_label_order(trained_run):
     import datasets
     import quickstart
-    data, _, _ = quickstart_run
+    data = trained_run.data
     marker = json.loads((data / quickstart.QUICKSTART_MARKER).read_text())
     assert marker['classes'] == datasets.find_classes(str(data / 'train')) == ['circle', 'cross', 'square', 'triangle']
     assert marker['classes'] == quickstart.quickstart_class_names(4)
     assert list(quickstart.QUICKSTART_CLASSES[:4]) != marker['classes']  # generation order is not the label order
 
 
+@pytest.mark.slow
 def test_predict_uses_the_checkpoint_resolution_and_class_names_and_matches_eval(tmp_path, quickstart_run):
     """No --model, --input_size or --class_names: predict takes all three from the checkpoint, and its accuracy on
     the validation folder equals ``main.py --eval``'s; each image's label equals an independent reference (the
@@ -294,7 +303,8 @@ def test_predict_class_names_recorded_in_the_checkpoint_win_over_its_data_folder
     assert labels(named, '--class_names', str(names)) == (f'--class_names {names}', {'w', 'x', 'y', 'z'})
 
 
-def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_run):
+@pytest.mark.slow
+def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_run, capsys):
     pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
     onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
     _, ckpt, _ = quickstart_run
@@ -307,7 +317,7 @@ def test_export_uses_the_checkpoint_model_and_resolution(tmp_path, quickstart_ru
     proc = run_script('export.py', '--checkpoint', ckpt, '--output', out, '--input_size', 64, '--no_verify')
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert '--input_size 64 differs from the 32 px' in proc.stderr and '(64x64' in proc.stdout
-    proc = run_script('export.py', '--output', out)
+    proc = run_in_process('export.py', capsys, '--output', out)
     assert_one_line_error(proc, '--model')
 
 
@@ -353,11 +363,12 @@ def test_export_writes_the_preprocessing_and_class_names_into_the_onnx_metadata(
 
 # ---------------------------------------------------------------------------------------------------- export
 
-@pytest.mark.parametrize('name,dynamic', [('hornet_tiny_7x7', False), ('hornet_tiny_gf', True)])
+@pytest.mark.slow
+@pytest.mark.parametrize('name,dynamic', [('hornet_micro_7x7', False), ('hornet_micro_gf', True)])
 def test_export_onnx_matches_pytorch(tmp_path, request, name, dynamic):
     ort = pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (pip install onnxruntime)')
     onnx = pytest.importorskip('onnx', reason='onnx is not installed (pip install onnx)')
-    ckpt = request.getfixturevalue('tiny_7x7_ckpt' if name.endswith('7x7') else 'tiny_gf_ckpt')
+    ckpt = request.getfixturevalue('micro_7x7_ckpt' if name.endswith('7x7') else 'micro_gf_ckpt')
     out = tmp_path / f'{name}.onnx'
     args = ['--model', name, '--checkpoint', ckpt, '--output', out, '--input_size', SIZE]
     proc = run_script('export.py', *args, *(['--dynamic_batch'] if dynamic else []))
@@ -385,9 +396,13 @@ def test_export_onnx_matches_pytorch(tmp_path, request, name, dynamic):
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-3)
 
 
-def test_export_mismatched_checkpoint_is_one_line(tmp_path, tiny_gf_ckpt, capsys):
+def test_export_mismatched_checkpoint_is_one_line(tmp_path, capsys):
+    with torch.device('meta'):  # a hornet_tiny_gf checkpoint (only its keys and shapes matter)
+        tiny_gf = timm.create_model('hornet_tiny_gf')
+    ckpt = tmp_path / 'hornet_tiny_gf.pth'
+    torch.save({'model': tiny_gf.to_empty(device='cpu').state_dict()}, ckpt)
     export = load_script('export')
-    rc = export.main(['--model', 'hornet_tiny_7x7', '--checkpoint', str(tiny_gf_ckpt),
+    rc = export.main(['--model', 'hornet_tiny_7x7', '--checkpoint', str(ckpt),
                       '--output', str(tmp_path / 'x.onnx'), '--input_size', str(SIZE)])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc != 0 and len(err) == 1 and 'looks like hornet_tiny_gf' in err[0]
