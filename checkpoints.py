@@ -549,6 +549,23 @@ def warn_other_classes(ckpt: Mapping[str, Any], path: str, classes: Optional[Lis
 
 # ----------------------------------------------------------------------------------------------- the policy
 
+def remove_stale_temp_files(output_dir: PathLike) -> List[Path]:
+    """Delete the hidden ``.tmp-*`` files a killed earlier launch left half-written in ``output_dir`` (a run owns its
+    folder: no other process writes there while it starts); returns what was removed."""
+    removed = []
+    for p in sorted(Path(output_dir).glob(TMP_PREFIX + '*')) if os.path.isdir(output_dir) else []:
+        if p.is_file():
+            try:
+                p.unlink()
+            except OSError as e:  # harmless: hidden, never read
+                _logger.warning('cannot remove the stale temporary file %s: %s', p, _os_reason(e))
+                continue
+            removed.append(p)
+    if removed:
+        _logger.info('Removed %d temporary file(s) left by an interrupted launch', len(removed))
+    return removed
+
+
 class Checkpointer:
     """The checkpoint policy of a training run, in one place: where it starts (:meth:`restore`), what is saved
     (every rank's state; rank 0 writes), when (the end of every ``--save_ckpt_freq``-th epoch and of the last, a new
@@ -636,6 +653,8 @@ class Checkpointer:
         optimizer, scaler, EMA, counters and random streams; returns the checkpoint resumed from (None: none, or
         bare weights, which start at --start_epoch)."""
         args, state = self.args, self.state
+        if self.enabled and utils.dist_state().is_main:
+            remove_stale_temp_files(args.output_dir)
         path = resolve_resume_path(args.resume) if args.resume else ''
         if not path and args.auto_resume and args.output_dir:
             found = find_resume_checkpoint(args.output_dir)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import checkpoints
 from checkpoints import (PREEMPT_NAME, find_resume_checkpoint, is_finite_state, load_training_checkpoint,
                          prune_checkpoints, rng_state, save_atomic, save_training_checkpoint, set_rng_state)
 from errors import UserError
@@ -226,3 +227,16 @@ def test_ctrl_c_during_a_checkpoint_write_is_delivered_after_the_file_is_complet
     assert reached_end == [True]
     assert torch.equal(torch.load(path, weights_only=True)['model']['w'], state['model']['w'])
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is restored
+
+
+def test_stale_temporary_files_of_a_killed_launch_are_removed_when_the_run_restarts(tmp_path):
+    """A SIGKILL during a write leaves a hidden .tmp-* file (mkstemp names it at random, so no later write replaces
+    it); the next launch of the run removes it and keeps every real checkpoint."""
+    out = tmp_path / 'run'
+    out.mkdir()
+    (out / (checkpoints.TMP_PREFIX + 'checkpoint-2.pth-abc123')).write_bytes(b'half a checkpoint')
+    (out / 'checkpoint-1.pth').write_bytes(b'kept')
+    removed = checkpoints.remove_stale_temp_files(out)
+    assert [p.name for p in removed] == [checkpoints.TMP_PREFIX + 'checkpoint-2.pth-abc123']
+    assert sorted(p.name for p in out.iterdir()) == ['checkpoint-1.pth']
+    assert checkpoints.remove_stale_temp_files(tmp_path / 'missing') == []

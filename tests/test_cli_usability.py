@@ -133,7 +133,7 @@ def test_checkpoint_of_another_variant_is_a_one_line_error_naming_what_it_is(tmp
     """The loader names the mismatched keys and the released variant the weights look like; main.py --eval --resume
     of another model's weights says they do not fit, of a training checkpoint names the --model its args record,
     and of a truncated file says so."""
-    from models.weights import CheckpointError, load_pretrained_file
+    from models import CheckpointError, load_pretrained_file
     tiny = tmp_path / 'tiny.pth'
     torch.save({'model': _cheap_model('hornet_tiny_7x7').state_dict()}, tiny)
     with pytest.raises(CheckpointError) as e:

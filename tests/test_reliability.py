@@ -45,7 +45,7 @@ def test_crafted_pickle_is_refused_everywhere_and_its_payload_never_runs(tmp_pat
     import timm
     import models  # noqa: F401
     from checkpoints import find_resume_checkpoint, load_training_checkpoint, prune_checkpoints
-    from models.weights import CheckpointError, load_pretrained_file
+    from models import CheckpointError, load_pretrained_file
     marker = tmp_path / 'payload-ran'
     model = timm.create_model('hornet_micro_7x7', num_classes=4)
     evil = {'model': model.state_dict(), 'optimizer': {}, 'epoch': 0, 'args': {}, 'global_step': 1,

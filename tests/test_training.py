@@ -279,11 +279,10 @@ def _assert_no_half_written_checkpoint(out: pathlib.Path) -> None:
 def test_killed_runs_resume_to_the_bitwise_identical_result(tmp_path, data, reference_run):
     """One output folder, interrupted five times and relaunched after each, ends with the uninterrupted run's exact
     weights and EMA: SIGKILL at a random moment of epoch 0 (possibly while checkpoint-0 is written), SIGKILL
-    mid-epoch, SIGTERM mid-epoch (preemption: the current step is saved, exit EXIT_PREEMPTED), a terminal's Ctrl-C
-    (SIGINT to the whole process group, loader workers included: the step is saved, one line, exit
-    EXIT_INTERRUPTED), SIGKILL just after an epoch's checkpoint is written, SIGKILL at a random moment of the last
-    epoch. After every kill, each file under a
-    final checkpoint name loads (nothing half-written); every relaunch after the first checkpoint resumes."""
+    mid-epoch, SIGTERM mid-epoch (preemption: the current step is saved, exit EXIT_PREEMPTED), SIGKILL just after an
+    epoch's checkpoint is written, a terminal's Ctrl-C (SIGINT to the whole process group, loader workers included:
+    the step is saved, one line, exit EXIT_INTERRUPTED), SIGKILL at a random moment of the last epoch, resumed
+    mid-way. After every kill, each file under a final checkpoint name loads (nothing half-written); every relaunch after the first checkpoint resumes."""
     rng = random.Random(0)
     out = tmp_path / 'run'
     argv = base_args(data, out, epochs=3, num_workers=2, model_ema='true', print_freq=1)
@@ -291,9 +290,10 @@ def test_killed_runs_resume_to_the_bitwise_identical_result(tmp_path, data, refe
     plan = [(signal.SIGKILL, f'Epoch: [0] [{rng.randrange(steps):>2}/', rng.uniform(0, 0.3)),
             (signal.SIGKILL, 'Epoch: [1] [ 5/', 0.0),
             (signal.SIGTERM, 'Epoch: [1] [ 6/', 0.0),
-            (signal.SIGINT, 'Epoch: [1] [ 9/', 0.0),
             (signal.SIGKILL, 'checkpoint-1.pth (epoch', 0.0),
-            (signal.SIGKILL, f'Epoch: [2] [{rng.randrange(steps):>2}/', rng.uniform(0, 0.3))]
+            (signal.SIGINT, 'Epoch: [2] [ 3/', 0.0),
+            # the relaunch resumes epoch 2 mid-way: its progress lines count the remaining steps
+            (signal.SIGKILL, 'Epoch: [2] [', rng.uniform(0, 0.1))]
     for i, (sig, when, delay) in enumerate(plan):
         proc = _popen(argv)
         try:
@@ -312,10 +312,10 @@ def test_killed_runs_resume_to_the_bitwise_identical_result(tmp_path, data, refe
         if sig in (signal.SIGTERM, signal.SIGINT):
             assert proc.returncode == (main_mod.EXIT_PREEMPTED if sig == signal.SIGTERM else main_mod.EXIT_INTERRUPTED)
             saved = torch.load(out / 'checkpoint-preempt.pth', weights_only=True)['step_in_epoch']
-            assert saved >= (7 if sig == signal.SIGTERM else 10), saved
+            assert saved >= (7 if sig == signal.SIGTERM else 4), saved
         if sig == signal.SIGINT:
             assert 'Traceback' not in rest, rest[-3000:]
-            assert 'Interrupted (Ctrl-C) in epoch 1' in rest.strip().splitlines()[-1], rest[-3000:]
+            assert 'Interrupted (Ctrl-C) in epoch 2' in rest.strip().splitlines()[-1], rest[-3000:]
         _assert_no_half_written_checkpoint(out)
     again = run_main(argv)
     assert again.returncode == 0, again.stderr[-3000:]
