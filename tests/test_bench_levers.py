@@ -47,6 +47,7 @@ def test_each_lever_value_is_a_case_and_reaches_every_block_and_models_without_t
     assert cases[-1].key()['fused_gating'] is None and cases[-1].label == 'convnext_atto fp32 nchw'
 
 
+@pytest.mark.slow
 def test_triton_lever_on_the_cpu_without_the_interpreter_is_a_one_line_error():
     proc = _run('--models', 'hornet_micro_7x7', '--device', 'cpu', '--triton_dwconv', 'off', 'on')
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
@@ -74,6 +75,7 @@ def test_fused_gating_rows_are_timed_side_by_side_with_the_default_path(tmp_path
     assert '| levers |' in text and '| hornet_micro_7x7 | fp32 | nchw | off | - | off | fused-gating |' in text
 
 
+@pytest.mark.slow
 def test_memory_mode_counts_less_activation_memory_with_fused_gating(tmp_path):
     out = tmp_path / 'm.json'
     proc = _run('--mode', 'memory', '--models', 'hornet_micro_7x7', 'convnext_atto', '--fused_gating', 'off', 'on',
@@ -88,6 +90,7 @@ def test_memory_mode_counts_less_activation_memory_with_fused_gating(tmp_path):
     assert '| fused gating |' in proc.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_TRITON, reason='triton is not installed')
 def test_triton_lever_runs_the_kernel_under_the_interpreter_on_the_cpu(tmp_path):
     """Inference only: the interpreted kernel takes seconds per forward (tests/test_fast_ops.py checks backward)."""

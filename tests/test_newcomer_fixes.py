@@ -35,6 +35,7 @@ def test_num_workers_auto_follows_the_cores(monkeypatch):
             assert w + 1 <= max(1, cores // procs)
 
 
+@pytest.mark.slow
 def test_quickstart_config_picks_workers_from_the_cores_and_an_explicit_count_still_wins(tmp_path):
     """The quick-start config on this machine: no warning that the workers exceed the cores."""
     assert yaml.safe_load((REPO / 'configs' / 'quickstart.yaml').read_text())['num_workers'] == 'auto'
@@ -64,6 +65,7 @@ def _with_broken_jpg(data: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path
     return root
 
 
+@pytest.mark.slow
 def test_a_text_file_named_jpg_stops_main_before_training_with_one_line(tmp_path, data):
     root = _with_broken_jpg(data, tmp_path)
     broken = root / 'train' / 'class_1' / 'broken.jpg'

@@ -210,6 +210,8 @@ def _torchrun(nproc: int = 2):
     return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(port)]
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_all_ranks_stop_together_when_rank_0_cannot_write(read_only, data):
     """Only rank 0 writes and checks; its answer reaches every rank (gloo), so no rank goes on to wait forever in
     the first collective."""
