@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
 from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
@@ -252,3 +253,17 @@ def test_project_has_no_import_cycles(project):
 def test_project_uses_no_private_name_of_another_module(project):
     found = [f'{who}:{line} uses {used}' for who, used, line in private_uses(project)]
     assert not found, '\n'.join(found)
+
+
+def test_no_file_edits_the_import_path_or_grows_past_800_lines():
+    """pip install -e . / pytest's pythonpath make the checkout importable (docs/architecture.md, rules 4 and 5)."""
+    edits, long = [], []
+    for path in sorted(project_files(REPO).values()):
+        lines = path.read_text().splitlines()
+        edits += [f'{path.relative_to(REPO)}:{i}' for i, line in enumerate(lines, 1)
+                  if re.search(r'\bsys\.path\s*(\.(insert|append|extend)|\[|\+?=)', line)]
+        if len(lines) > 800:
+            long.append(f'{path.relative_to(REPO)}: {len(lines)} lines')
+    assert not edits, edits
+    assert not long, long
+    assert len((REPO / 'main.py').read_text().splitlines()) <= 500

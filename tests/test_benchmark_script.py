@@ -21,8 +21,7 @@ def _run(*args, timeout=120):
 
 def _main(*args) -> int:
     """The script's main() in this process (no interpreter start-up)."""
-    sys.path.insert(0, os.path.join(ROOT, 'scripts'))
-    import benchmark
+    from scripts import benchmark
     return benchmark.main([str(a) for a in args])
 
 
