@@ -53,15 +53,6 @@ def trained(tmp_path_factory, qs) -> pathlib.Path:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _no_stale_log_handlers():
-    yield
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, '_hornet', False)]:
-        root.removeHandler(h)
-        h.close()
-
-
 def _eval(qs, ckpt, out, **opts):
     proc = run_main(_argv(**_where(qs, eval='true', resume=ckpt, output_dir=out, **opts)))
     assert proc.returncode == 0, proc.stderr[-3000:]

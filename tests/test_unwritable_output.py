@@ -6,7 +6,6 @@ in CI. Without permission to mount, those tests skip and say why.
 """
 from __future__ import annotations
 
-import logging
 import pathlib
 import socket
 import subprocess
@@ -38,16 +37,6 @@ def checkpoint(tmp_path_factory) -> pathlib.Path:
         'model': model.state_dict(), 'optimizer': {}, 'epoch': 0, 'global_step': 12, 'step_in_epoch': 0,
         'epoch_complete': True, 'args': {'model': 'hornet_micro_7x7', 'input_size': 32, 'seed': 3}})
     return path
-
-
-@pytest.fixture(autouse=True)
-def _no_stale_log_handlers():
-    """In-process runs leave their handlers (stderr, train.log) on the root logger: close and remove them."""
-    yield
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if getattr(h, '_hornet', False)]:
-        root.removeHandler(h)
-        h.close()
 
 
 def _mount(*args: str) -> None:
