@@ -468,7 +468,9 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
     and exit status 130."""
     try:
         args, inherited = parse_run_args(argv)
-        return main(args, inherited)
+        code = main(args, inherited)
+        utils.barrier()  # ranks that finished apart reach destroy_process_group together (torch 2.5 + gloo hung)
+        return code
     except (UserError, CheckpointError) as e:
         logging.getLogger('hornet').debug('user error', exc_info=True)
         sys.stderr.write(f"error: {e}\n")
