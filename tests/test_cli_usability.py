@@ -23,7 +23,7 @@ import engine
 import main as main_mod
 import runlog
 import utils
-from tests.train_helpers import REPO, base_args, env, make_image_folder, run_main
+from tests.train_helpers import torchrun, REPO, base_args, env, make_image_folder, run_main
 
 
 @pytest.fixture(scope='module')
@@ -402,12 +402,6 @@ def test_parameters_get_the_strides_of_their_gradients(name, channels_last):
     assert not wrong, wrong
 
 
-def _torchrun(nproc: int = 2):
-    import socket
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(port)]
 
 
 @pytest.mark.slow
@@ -418,7 +412,7 @@ def test_ddp_runs_without_the_grad_strides_warning_and_print_once(tmp_path, data
     name, channels_last = 'hornet_micro_gf', True
     out = tmp_path / 'ddp'
     argv = base_args(data, out, epochs=1, model=name, channels_last=str(channels_last).lower(), **_quiet())
-    proc = run_main(argv, launcher=_torchrun(2), timeout=400)
+    proc = run_main(argv, launcher=torchrun(2), timeout=400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert 'Grad strides do not match bucket view strides' not in proc.stderr, proc.stderr[-4000:]
     assert proc.stderr.count('val dataset') == 1 and proc.stderr.count('* Acc@1') == 1

@@ -7,7 +7,6 @@ in CI. Without permission to mount, those tests skip and say why.
 from __future__ import annotations
 
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -19,7 +18,7 @@ import checkpoints
 import main as main_mod
 import models  # noqa: F401  (registers the HorNet variants)
 import output_check
-from tests.train_helpers import base_args, make_image_folder, run_main
+from tests.train_helpers import torchrun, base_args, make_image_folder, run_main
 
 
 @pytest.fixture(scope='module')
@@ -192,11 +191,6 @@ def test_an_interrupt_before_training_is_the_last_line_of_train_log(tmp_path, da
     assert (out / 'train.log').read_text().strip().splitlines()[-1].endswith(last)
 
 
-def _torchrun(nproc: int = 2):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(port)]
 
 
 @pytest.mark.slow
@@ -204,7 +198,7 @@ def _torchrun(nproc: int = 2):
 def test_all_ranks_stop_together_when_rank_0_cannot_write(read_only, data):
     """Only rank 0 writes and checks; its answer reaches every rank (gloo), so no rank goes on to wait forever in
     the first collective."""
-    proc = run_main(base_args(data, read_only, epochs=1), launcher=_torchrun(2), timeout=240)
+    proc = run_main(base_args(data, read_only, epochs=1), launcher=torchrun(2), timeout=240)
     assert proc.returncode != 0
     errors = [l for l in proc.stderr.splitlines() if l.startswith('error: cannot write in --output_dir')]
     assert len(errors) == 2, proc.stderr[-3000:]  # one per rank, each exiting with status 2

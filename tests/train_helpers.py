@@ -68,3 +68,12 @@ def assert_state_dicts_equal(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tens
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f'{k} differs (max abs diff {(a[k] - b[k]).abs().max().item()})'
+
+
+def torchrun(nproc: int = 2) -> list:
+    """The torchrun command line for ``nproc`` local processes on a free port."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', str(nproc), '--master_port', str(port)]
